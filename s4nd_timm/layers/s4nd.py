@@ -1,0 +1,258 @@
+"""S4ND: multidimensional state-space layer for 1-D, 2-D and 3-D signals.
+
+Paper: "S4ND: Modeling Images and Videos as Multidimensional Signals Using State Spaces",
+Nguyen et al., NeurIPS 2022 (arXiv 2210.06583). Origin: written from s4nd-spec.md §2, §4, §5
+(reference: state-spaces/s4 ``src/models/sequence/modules/s4nd.py``); one generic N-d code path.
+
+Shape legend: B batch, H = ``dim`` features, d = ``ndim`` spatial axes, ``*spatial`` = L_1..L_d,
+N ``d_state``, M = N/2, c = ``channels``, C_k = c x 2 if bidirectional else c.
+
+What the layer computes (channels-first; channels-last is moved to channels-first and back):
+    1. per axis i, a 1-D SSM kernel ``kernel[i]`` of L_k,i taps at rate r_i (``ssm.py``);
+    2. bidirectional: the first c of the C_k kernels are the forward (causal) taps, the last c the
+       backward taps, the backward tap m-1 sitting at offset -m; the result is a two-sided kernel
+       k_i of shape (c, H, 2 L_i - 1), index L_i - 1 = offset 0 (``axis_kernels``);
+    3. y = linear "same" convolution of u with the outer product Π_i k_i, plus D u
+       (shape (B, c H, *spatial), channel c*H + h);
+    4. activation -> dropout -> output projection ``postact``: None (needs c == 1), 'linear'
+       (Linear(cH -> H)) or 'glu' (Linear(cH -> 2H) then GLU).
+With channels=1, activation=None, postact=None, dropout=0 the output is exactly step 3: the
+linear convolution of the input with the outer product of ``axis_kernels(...)`` plus ``D * x``.
+
+Resolution (spec §5): ``l_max`` is the base resolution. Continuous mode treats an input of
+another size as the same continuous signal: per axis rate r_i = l_max_i / L_i scales Δ, and the
+kernel has L_k,i = min(L_i, round(l_max_i / r_i)) taps (so the kernel covers the same extent).
+Discrete mode uses r = 1 (kernels stay in pixels, L_k,i = min(L_i, l_max_i)). Without l_max the
+rate is 1 and kernels span the whole input. ``forward(x, rate=...)`` overrides the rate (a float
+or one per axis), as the reference's loaders do with r = base / actual.
+
+Parameters (names as in the reference's current layout, spec §8):
+    kernel.<i>.inv_dt (H, 1), kernel.<i>.A_real (S, M), kernel.<i>.A_imag (S, M),
+    kernel.<i>.B (1, S, M, 2), kernel.<i>.C (C_k, H, M, 2)      for each axis i (0 = first spatial axis)
+    D (c, H)
+    output_linear.weight (H or 2H, c H), output_linear.bias     when postact is not None
+SSM tensors (inv_dt, A_real, A_imag, B) carry ``p._optim = {'lr': ssm_lr, 'weight_decay': 0.}``.
+
+Choices where the spec leaves room: kernels and FFTs run in float32 with autocast disabled and
+the result is cast back to the input dtype (the reference casts fp16 to fp32 and ends in fp32);
+postact=None with channels > 1 is refused rather than returning c x H features.
+"""
+import math
+from numbers import Real
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from s4nd_timm.kernels import separable_conv_ref
+from .ssm import DIAG_INITS, DiagAxisKernel, kernel_compute_dtype
+
+__all__ = ['S4ND']
+
+LAYOUTS = ('channels_first', 'channels_last')
+RESOLUTIONS = ('continuous', 'discrete')
+ACTIVATIONS = ('gelu', None)
+POSTACTS = (None, 'linear', 'glu')
+MODES = ('diag',)
+
+
+def _per_axis(value, ndim: int, name: str) -> Tuple:
+    """Broadcast a scalar (or None) to one value per axis; check the length of a sequence."""
+    if value is None or isinstance(value, (str, Real)):
+        return (value,) * ndim
+    value = tuple(value)
+    if len(value) != ndim:
+        raise ValueError(f"{name} needs one value per spatial axis (ndim={ndim}); got {value}")
+    return value
+
+
+def two_sided(k: Tensor, length: int, channels: int, bidirectional: bool) -> Tensor:
+    """Causal taps (C_k, H, L_k) -> two-sided kernel (c, H, 2 * length - 1), index length-1 = offset 0.
+
+    Forward taps fill offsets 0..L_k-1; bidirectional: backward tap m-1 fills offset -m (m = 1..L_k),
+    taps beyond offset -(length-1) cannot reach a same-size output and are dropped.
+    """
+    taps = k.shape[-1]
+    fwd = F.pad(k[:channels], (length - 1, length - taps))
+    if not bidirectional:
+        return fwd
+    m = min(taps, length - 1)
+    bwd = F.pad(k[channels:, :, :m].flip(-1), (length - 1 - m, length))
+    return fwd + bwd
+
+
+class S4ND(nn.Module):
+    """S4ND layer: input (B, dim, *spatial) (or (B, *spatial, dim)), output the same shape and dtype.
+
+    Args:
+        dim: H, number of features.
+        ndim: number of spatial axes d (1, 2 or 3).
+        d_state: N, SSM state size (even); N/2 complex modes per axis kernel.
+        channels: c, independent kernels per feature.
+        bidirectional: two-sided (non-causal) kernels.
+        l_max: base resolution, an int (every axis) or one per axis; None = no base resolution.
+        init: SSM init ('legs', 'lin', 'inv', 'real', or the 'diag-' spellings), or one per axis.
+        dt_min, dt_max: range of the log-uniform base step Δ.
+        disc: 'zoh' or 'bilinear'.
+        bandlimit: None or a cutoff in (0, 1] (1 = Nyquist at base resolution), spec §4.
+        activation: 'gelu' or None, applied after the convolution.
+        postact: None, 'linear' or 'glu' output projection.
+        dropout: dropout probability after the activation.
+        layout: 'channels_first' (B, H, *spatial) or 'channels_last' (B, *spatial, H).
+        resolution: 'continuous' (rate = l_max / L per axis) or 'discrete' (rate = 1).
+        ssm_lr: learning-rate hint for the SSM tensors (no weight decay either way).
+        n_ssm: S, number of (A, B) sets per axis, must divide dim.
+        mode: axis-kernel family, 'diag' (S4D).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            ndim: int = 2,
+            d_state: int = 64,
+            channels: int = 1,
+            bidirectional: bool = True,
+            l_max: Union[None, int, Sequence[Optional[int]]] = None,
+            init: Union[str, Sequence[str]] = 'legs',
+            dt_min: float = 1e-3,
+            dt_max: float = 1e-1,
+            disc: str = 'zoh',
+            bandlimit: Optional[float] = None,
+            activation: Optional[str] = 'gelu',
+            postact: Optional[str] = None,
+            dropout: float = 0.0,
+            layout: str = 'channels_first',
+            resolution: str = 'continuous',
+            ssm_lr: Optional[float] = None,
+            n_ssm: int = 1,
+            mode: str = 'diag',
+    ):
+        super().__init__()
+        if ndim not in (1, 2, 3):
+            raise ValueError(f"ndim must be 1, 2 or 3 (spatial axes); got ndim={ndim}")
+        if d_state < 2 or d_state % 2:
+            raise ValueError(f"d_state must be a positive even number (N/2 complex modes are kept); got {d_state}")
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1; got {channels}")
+        for name, value, allowed in (
+                ('layout', layout, LAYOUTS), ('resolution', resolution, RESOLUTIONS),
+                ('activation', activation, ACTIVATIONS), ('postact', postact, POSTACTS), ('mode', mode, MODES)):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not supported; expected one of {allowed}")
+        inits = _per_axis(init, ndim, 'init')
+        for i in inits:
+            if i not in DIAG_INITS:
+                raise ValueError(f"init={i!r} is not supported in mode={mode!r}; expected one of {sorted(DIAG_INITS)}")
+        if bandlimit is not None and not bandlimit > 0:
+            raise ValueError(f"bandlimit must be None or > 0; got {bandlimit}")
+        if postact is None and channels > 1:
+            raise ValueError(f"channels={channels} needs postact='linear' or 'glu' to map c*dim features back to dim")
+        self.dim, self.ndim, self.d_state, self.channels = dim, ndim, d_state, channels
+        self.bidirectional, self.layout, self.mode = bidirectional, layout, mode
+        self.l_max = _per_axis(l_max, ndim, 'l_max')
+        self.resolution = resolution
+        kernel_channels = channels * (2 if bidirectional else 1)
+        self.kernel = nn.ModuleList([
+            DiagAxisKernel(
+                dim, d_state, kernel_channels, init=i, dt_min=dt_min, dt_max=dt_max, n_ssm=n_ssm,
+                disc=disc, bandlimit=bandlimit, ssm_lr=ssm_lr)
+            for i in inits])
+        self.D = nn.Parameter(torch.randn(channels, dim))
+        self.activation = nn.GELU() if activation == 'gelu' else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.postact = postact
+        if postact is None:
+            self.output_linear = None
+        else:
+            self.output_linear = nn.Linear(channels * dim, dim * (2 if postact == 'glu' else 1))
+
+    @property
+    def resolution(self) -> str:
+        return self._resolution
+
+    @resolution.setter
+    def resolution(self, value: str) -> None:
+        if value not in RESOLUTIONS:
+            raise ValueError(f"resolution={value!r} is not supported; expected one of {RESOLUTIONS}")
+        self._resolution = value
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, ndim={self.ndim}, d_state={self.d_state}, channels={self.channels}, "
+                f"bidirectional={self.bidirectional}, l_max={self.l_max}, mode={self.mode!r}, "
+                f"layout={self.layout!r}, resolution={self.resolution!r}")
+
+    def rates(self, lengths: Sequence[int], rate=None) -> Tuple[float, ...]:
+        """Per-axis rate for an input of these spatial lengths (the override, or the mode's rule)."""
+        if rate is not None:
+            rates = _per_axis(rate, self.ndim, 'rate')
+            if not all(r > 0 for r in rates):
+                raise ValueError(f"rate must be positive; got {rate}")
+            return tuple(float(r) for r in rates)
+        if self.resolution == 'discrete':
+            return (1.0,) * self.ndim
+        return tuple(1.0 if lm is None else lm / n for lm, n in zip(self.l_max, lengths))
+
+    def kernel_lengths(self, lengths: Sequence[int], rates: Sequence[float]) -> Tuple[int, ...]:
+        """Taps per axis: L_k,i = min(L_i, round(l_max_i / r_i)) (L_i without l_max), at least 1."""
+        return tuple(
+            n if lm is None else max(1, min(n, round(lm / r)))
+            for n, lm, r in zip(lengths, self.l_max, rates))
+
+    def axis_kernels(self, lengths: Sequence[int], rate=None) -> List[Tensor]:
+        """Two-sided per-axis kernels for an input of these spatial lengths.
+
+        Args:
+            lengths: L_1..L_d.
+            rate: None (the layer's resolution mode, as in ``forward``), a float, or one per axis.
+        Returns:
+            d tensors, kernels[i]: (channels, dim, 2 L_i - 1), index L_i - 1 = offset 0; causal kernels
+            hold zeros at negative offsets. float32 (float64 for float64 parameters).
+        """
+        lengths = tuple(int(n) for n in lengths)
+        if len(lengths) != self.ndim:
+            raise ValueError(f"lengths needs {self.ndim} entries (one per spatial axis); got {lengths}")
+        rates = self.rates(lengths, rate)
+        taps = self.kernel_lengths(lengths, rates)
+        return [
+            two_sided(kern(t, r), n, self.channels, self.bidirectional)
+            for kern, n, t, r in zip(self.kernel, lengths, taps, rates)]
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() == self.ndim + 2:
+            feat = x.shape[1] if self.layout == 'channels_first' else x.shape[-1]
+            if feat == self.dim:
+                return
+        axes = ('L',) if self.ndim == 1 else ('H', 'W') if self.ndim == 2 else ('T', 'H', 'W')
+        want = ('B', f'C={self.dim}') + axes if self.layout == 'channels_first' else ('B',) + axes + (f'C={self.dim}',)
+        hint = ("Channels-last input? pass layout='channels_last'." if self.layout == 'channels_first'
+                else "Channels-first input? pass layout='channels_first'.")
+        raise ValueError(
+            f"S4ND(ndim={self.ndim}, layout={self.layout!r}) expects ({', '.join(want)}); got {tuple(x.shape)}. "
+            f"{hint} Other rank? set ndim (1, 2 or 3) to the number of spatial axes.")
+
+    def convolve(self, x: Tensor, rate=None) -> Tensor:
+        """The linear part (steps 1-3): (B, dim, *spatial) -> (B, channels*dim, *spatial), channels first.
+
+        Kernels and FFTs run in float32 (float64 for float64 input) with autocast disabled;
+        the result has the input's dtype.
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            work = kernel_compute_dtype(x)
+            u = x.to(work)
+            ks = self.axis_kernels(u.shape[2:], rate)
+            y = separable_conv_ref(u, ks, self.D.to(work))
+        return y.to(x.dtype)
+
+    def forward(self, x: Tensor, rate=None) -> Tensor:
+        """(B, dim, *spatial) -> same (channels-first); (B, *spatial, dim) -> same (channels-last)."""
+        self._check_input(x)
+        u = x if self.layout == 'channels_first' else x.movedim(-1, 1)
+        y = self.dropout(self.activation(self.convolve(u, rate)))
+        if self.output_linear is None:
+            return y if self.layout == 'channels_first' else y.movedim(1, -1)
+        y = self.output_linear(y.movedim(1, -1))
+        if self.postact == 'glu':
+            y = F.glu(y, dim=-1)
+        return y if self.layout == 'channels_last' else y.movedim(-1, 1)
