@@ -2,19 +2,25 @@
 
 Every S4ND convolution is separable (s4nd-spec.md §2.2): the N-d kernel of output channel (c, h)
 is the outer product of one two-sided 1-D kernel per axis. This module holds the FFT path, the
-definition every other path is tested against.
+definition every other path is tested against, and the Toeplitz matmul path (exact, no FFT, no
+complex numbers: traceable by torch.compile, torch.export and ONNX export).
 
 Kernel convention (shared by every path): for an axis of input length L the two-sided kernel has
 2L - 1 taps, index L - 1 being offset 0, index L - 1 + j offset j. Output
     y[b, c*H + h, x] = Σ_j Π_i k_i[c, h, L_i - 1 + j_i] u[b, h, x - j] + D[c, h] u[b, h, x]
 with zero padding (linear, not circular, "same"-size convolution).
+
+Layouts: 'channels_first' u (B, H, *spatial) -> (B, c*H, *spatial); 'channels_last'
+u (B, *spatial, H) -> (B, *spatial, c*H); the channel index is c*H + h in both.
 """
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ['separable_conv_ref']
+__all__ = ['LAYOUTS', 'separable_conv_ref', 'separable_conv_matmul', 'toeplitz', 'check_conv_args']
+
+LAYOUTS = ('channels_first', 'channels_last')
 
 
 def _circular_taps(k: Tensor, length: int, period: int) -> Tensor:
@@ -56,3 +62,81 @@ def separable_conv_ref(u: Tensor, ks: Sequence[Tensor], D: Optional[Tensor] = No
     if D is not None:
         y = y + D.to(work).reshape(D.shape + (1,) * d) * x.unsqueeze(1)
     return y.flatten(1, 2).to(u.dtype)
+
+
+def check_conv_args(u: Tensor, ks: Sequence[Tensor], D: Optional[Tensor], layout: str) -> Tuple[int, ...]:
+    """Validate the arguments shared by every path; returns the spatial lengths L_1..L_d."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r} is not supported; expected one of {LAYOUTS}")
+    d = u.dim() - 2
+    if d not in (1, 2, 3):
+        raise ValueError(f"u needs 1 to 3 spatial axes besides batch and channels; got shape {tuple(u.shape)}")
+    spatial = tuple(u.shape[2:]) if layout == 'channels_first' else tuple(u.shape[1:-1])
+    feat = u.shape[1] if layout == 'channels_first' else u.shape[-1]
+    if len(ks) != d:
+        raise ValueError(f"need one kernel per spatial axis: got {len(ks)} kernels for input of shape {tuple(u.shape)}")
+    c = ks[0].shape[0]
+    for i, (k, n) in enumerate(zip(ks, spatial)):
+        if k.dim() != 3 or k.shape[:2] != (c, feat) or k.shape[-1] != 2 * n - 1:
+            raise ValueError(
+                f"kernel {i} must have shape (c, H, 2*L-1) = ({c}, {feat}, {2 * n - 1}) for {layout} input of shape "
+                f"{tuple(u.shape)}; got {tuple(k.shape)}. Channels-last input? pass layout='channels_last'.")
+    if D is not None and D.shape != (c, feat):
+        raise ValueError(f"D must have shape (c, H) = ({c}, {feat}); got {tuple(D.shape)}")
+    return spatial
+
+
+def toeplitz(k: Tensor, length: int) -> Tensor:
+    """Two-sided taps (..., 2L-1) -> Toeplitz matrices (..., L, L) with T[p, q] = k[L - 1 + p - q].
+
+    y = T @ x is the "same"-size linear convolution of x (length L) with k along that axis.
+    """
+    idx = torch.arange(length, device=k.device)
+    return k[..., (length - 1) + idx[:, None] - idx[None, :]]
+
+
+def _operand_dtype(u: Tensor) -> torch.dtype:
+    """Dtype the matmul path multiplies in: bf16/fp16 stay low precision on CUDA (fp32 accumulation in
+    cuBLAS), float64 stays float64, everything else (CPU half precision included) runs in float32."""
+    if u.dtype == torch.float64:
+        return torch.float64
+    if u.dtype in (torch.bfloat16, torch.float16) and u.device.type == 'cuda':
+        return u.dtype
+    return torch.float32
+
+
+def separable_conv_matmul(
+        u: Tensor, ks: Sequence[Tensor], D: Optional[Tensor] = None, layout: str = 'channels_first') -> Tensor:
+    """Linear separable convolution as per-axis Toeplitz mode products (exact; same result as the ref).
+
+    Args:
+        u: (B, H, *spatial) for layout='channels_first', (B, *spatial, H) for 'channels_last';
+            d = len(spatial) in 1..3.
+        ks: d tensors, ks[i]: (c, H, 2 * L_i - 1), two-sided, index L_i - 1 = offset 0.
+        D: (c, H) skip term, or None.
+        layout: 'channels_first' or 'channels_last' (no permute copy of the input either way).
+    Returns:
+        (B, c * H, *spatial) or (B, *spatial, c * H), channel index c * H + h, dtype of u.
+        bf16/fp16 CUDA inputs multiply in their dtype with fp32 accumulation; other inputs in
+        float32 (float64 for float64). Memory: one (c, H, L_i, L_i) matrix per axis.
+    """
+    spatial = check_conv_args(u, ks, D, layout)
+    d = len(spatial)
+    work = _operand_dtype(u)
+    x = u.to(work)
+    letters = 'xyz'[:d]
+    if layout == 'channels_first':
+        src, dst, cdim = 'bh' + letters, 'bch' + letters, 1
+    else:
+        src, dst, cdim = 'b' + letters + 'h', 'b' + letters + 'ch', -2
+    y = x
+    for i, (k, n) in enumerate(zip(ks, spatial)):
+        t = toeplitz(k.to(work), n)  # (c, H, L_i, L_i)
+        out = dst.replace(letters[i], 'P')
+        y = torch.einsum(f'chP{letters[i]},{src}->{out}', t, y)
+        src = dst
+    if D is not None:
+        acc = torch.float64 if work == torch.float64 else torch.float32  # skip term added at accumulation precision
+        skip = D.to(acc).reshape((-1, D.shape[1]) + (1,) * d if layout == 'channels_first' else (-1, D.shape[1]))
+        y = y.to(acc) + skip * x.unsqueeze(cdim)
+    return y.flatten(1, 2).to(u.dtype) if layout == 'channels_first' else y.flatten(-2, -1).to(u.dtype)

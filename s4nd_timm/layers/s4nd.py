@@ -7,7 +7,8 @@ Nguyen et al., NeurIPS 2022 (arXiv 2210.06583). Origin: written from s4nd-spec.m
 Shape legend: B batch, H = ``dim`` features, d = ``ndim`` spatial axes, ``*spatial`` = L_1..L_d,
 N ``d_state``, M = N/2, c = ``channels``, C_k = c x 2 if bidirectional else c.
 
-What the layer computes (channels-first; channels-last is moved to channels-first and back):
+What the layer computes (channels-first shapes; channels-last input is convolved in place by the
+matmul and Triton paths, the FFT path moves it to channels-first and back):
     1. per axis i, a 1-D SSM kernel ``kernel[i]`` of L_k,i taps at rate r_i (``ssm.py``);
     2. bidirectional: the first c of the C_k kernels are the forward (causal) taps, the last c the
        backward taps, the backward tap m-1 sitting at offset -m; the result is a two-sided kernel
@@ -46,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from s4nd_timm.kernels import separable_conv_ref
+from s4nd_timm.kernels import BACKENDS, select_backend, separable_conv
 from .ssm import DIAG_INITS, DiagAxisKernel, kernel_compute_dtype
 
 __all__ = ['S4ND']
@@ -105,6 +106,9 @@ class S4ND(nn.Module):
         ssm_lr: learning-rate hint for the SSM tensors (no weight decay either way).
         n_ssm: S, number of (A, B) sets per axis, must divide dim.
         mode: axis-kernel family, 'diag' (S4D).
+        backend: convolution path, 'auto' (Triton on CUDA when the shapes fit, else matmul or FFT by
+            size), 'fft', 'matmul' or 'triton' (``s4nd_timm.kernels.separable_conv``); settable later
+            through the ``backend`` attribute.
     """
 
     def __init__(
@@ -128,6 +132,7 @@ class S4ND(nn.Module):
             ssm_lr: Optional[float] = None,
             n_ssm: int = 1,
             mode: str = 'diag',
+            backend: str = 'auto',
     ):
         super().__init__()
         if ndim not in (1, 2, 3):
@@ -153,6 +158,7 @@ class S4ND(nn.Module):
         self.bidirectional, self.layout, self.mode = bidirectional, layout, mode
         self.l_max = _per_axis(l_max, ndim, 'l_max')
         self.resolution = resolution
+        self.backend = backend
         kernel_channels = channels * (2 if bidirectional else 1)
         self.kernel = nn.ModuleList([
             DiagAxisKernel(
@@ -178,10 +184,20 @@ class S4ND(nn.Module):
             raise ValueError(f"resolution={value!r} is not supported; expected one of {RESOLUTIONS}")
         self._resolution = value
 
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend={value!r} is not supported; expected one of {BACKENDS}")
+        self._backend = value
+
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, ndim={self.ndim}, d_state={self.d_state}, channels={self.channels}, "
                 f"bidirectional={self.bidirectional}, l_max={self.l_max}, mode={self.mode!r}, "
-                f"layout={self.layout!r}, resolution={self.resolution!r}")
+                f"layout={self.layout!r}, resolution={self.resolution!r}, backend={self.backend!r}")
 
     def rates(self, lengths: Sequence[int], rate=None) -> Tuple[float, ...]:
         """Per-axis rate for an input of these spatial lengths (the override, or the mode's rule)."""
@@ -232,27 +248,33 @@ class S4ND(nn.Module):
             f"S4ND(ndim={self.ndim}, layout={self.layout!r}) expects ({', '.join(want)}); got {tuple(x.shape)}. "
             f"{hint} Other rank? set ndim (1, 2 or 3) to the number of spatial axes.")
 
-    def convolve(self, x: Tensor, rate=None) -> Tensor:
-        """The linear part (steps 1-3): (B, dim, *spatial) -> (B, channels*dim, *spatial), channels first.
+    def convolve(self, x: Tensor, rate=None, layout: str = 'channels_first') -> Tensor:
+        """The linear part (steps 1-3), in the given layout (default channels-first):
+        (B, dim, *spatial) -> (B, channels*dim, *spatial), or (B, *spatial, dim) -> (B, *spatial, channels*dim).
 
-        Kernels and FFTs run in float32 (float64 for float64 input) with autocast disabled;
-        the result has the input's dtype.
+        Kernel generation runs in float32 (float64 for float64 input) with autocast disabled. The FFT
+        path convolves in float32; the matmul and Triton paths multiply bf16/fp16 CUDA inputs in their
+        dtype (fp32 accumulation), and under CUDA autocast cast float32 input to the autocast dtype.
+        The result has the input's dtype.
         """
-        with torch.autocast(x.device.type, enabled=False):
+        device = x.device.type
+        low = torch.get_autocast_dtype(device) if device == 'cuda' and torch.is_autocast_enabled(device) else None
+        with torch.autocast(device, enabled=False):
             work = kernel_compute_dtype(x)
-            u = x.to(work)
-            ks = self.axis_kernels(u.shape[2:], rate)
-            y = separable_conv_ref(u, ks, self.D.to(work))
+            spatial = x.shape[2:] if layout == 'channels_first' else x.shape[1:-1]
+            ks = self.axis_kernels(spatial, rate)
+            backend = select_backend(x, ks, layout) if self.backend == 'auto' else self.backend
+            u = x.to(low) if low is not None and x.dtype == torch.float32 and backend != 'fft' else x
+            y = separable_conv(u, ks, self.D.to(work), backend=backend, layout=layout)
         return y.to(x.dtype)
 
     def forward(self, x: Tensor, rate=None) -> Tensor:
         """(B, dim, *spatial) -> same (channels-first); (B, *spatial, dim) -> same (channels-last)."""
         self._check_input(x)
-        u = x if self.layout == 'channels_first' else x.movedim(-1, 1)
-        y = self.dropout(self.activation(self.convolve(u, rate)))
+        y = self.dropout(self.activation(self.convolve(x, rate, layout=self.layout)))
         if self.output_linear is None:
-            return y if self.layout == 'channels_first' else y.movedim(1, -1)
-        y = self.output_linear(y.movedim(1, -1))
+            return y
+        y = self.output_linear(y if self.layout == 'channels_last' else y.movedim(1, -1))
         if self.postact == 'glu':
             y = F.glu(y, dim=-1)
         return y if self.layout == 'channels_last' else y.movedim(-1, 1)

@@ -1,0 +1,158 @@
+"""S4ND layer benchmarks: every convolution path, fwd+bwd, against nn.Conv2d(C, C, 7, groups=C) and the
+memory floor (performance.md §4). Prints one header line and a markdown table per section.
+
+    python benchmarks/bench_layer.py                       # CUDA if available: every section, batch 128, bf16
+    python benchmarks/bench_layer.py --device cpu --batch 2 --dtype fp32 --sections layer scaling
+
+Sections: layer (ConvNeXt-T stage shapes, 2-D), kernel_gen (all axis kernels of a layer, fwd+bwd),
+video (3-D), seq (1-D), scaling (the convolution alone, given kernels, 2-D and 1-D as the size grows:
+where matmul stops beating FFT; kernel generation is the same for every path and left out).
+Memory floor: the bytes a fused fwd+bwd must move (read x, write y; read dy and x, write dx:
+5 x numel x itemsize) over the measured copy bandwidth of the device.
+"""
+import argparse
+import json
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from _timing import copy_bandwidth, header, peak_mib, table, time_ms
+from s4nd_timm import S4ND
+from s4nd_timm.kernels import HAS_TRITON, separable_conv
+
+STAGES = {'96x56x56': (96, 56, 56), '192x28x28': (192, 28, 28), '384x14x14': (384, 14, 14), '768x7x7': (768, 7, 7)}
+VIDEO = {'96x8x56x56': (96, 8, 56, 56)}
+SEQ = {'384x196': (384, 196), '256x4096': (256, 4096)}
+SCALING_2D = (32, 64, 128, 256, 512)
+SCALING_1D = (64, 128, 256, 512, 1024, 2048, 4096)
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+COLUMNS = ['shape', 'backend', 'fwd+bwd ms', 'vs dwconv7', '% memory floor', 'peak MiB']
+
+
+def _fwd_bwd(module: nn.Module, x: torch.Tensor, amp: Optional[torch.dtype]):
+    def step():
+        with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            y = module(x)
+        y.backward(torch.ones_like(y))
+    return step
+
+
+def _layer(shape: Sequence[int], backend: str, device, d_state: int) -> S4ND:
+    """The S4ND of an S4ND-ConvNeXt block: linear (no activation / projection), bidirectional."""
+    dim, spatial = shape[0], tuple(shape[1:])
+    return S4ND(dim, ndim=len(spatial), d_state=d_state, l_max=spatial, activation=None, postact=None,
+                backend=backend).to(device)
+
+
+def run_layers(shapes: Dict[str, Sequence[int]], backends: List[str], args, dwconv: bool) -> List[dict]:
+    """fwd+bwd of the S4ND layer (kernel generation included) per backend; dwconv7 next to it (2-D only)."""
+    rows, device, amp = [], torch.device(args.device), DTYPES[args.dtype] if args.dtype != 'fp32' else None
+    bandwidth = copy_bandwidth(device)
+    itemsize = 2 if amp is not None else 4
+    for name, shape in shapes.items():
+        x = torch.randn(args.batch, *shape, device=device, requires_grad=True)
+        floor_ms = 5 * x.numel() * itemsize / bandwidth * 1e3
+        ref_ms = None
+        if dwconv:
+            conv = nn.Conv2d(shape[0], shape[0], 7, padding=3, groups=shape[0]).to(device)
+            ref_ms = time_ms(_fwd_bwd(conv, x, amp), device, args.min_time)
+            rows.append({'shape': name, 'backend': 'dwconv7', 'fwd+bwd ms': ref_ms, 'vs dwconv7': 1.0,
+                         '% memory floor': 100 * floor_ms / ref_ms, 'peak MiB': peak_mib(_fwd_bwd(conv, x, amp), device)})
+        for backend in backends:
+            if backend == 'matmul' and _toeplitz_mib(shape) > args.max_toeplitz_mib:
+                rows.append({'shape': name, 'backend': backend, 'fwd+bwd ms': 'skipped (Toeplitz too large)'})
+                continue
+            step = _fwd_bwd(_layer(shape, backend, device, args.d_state), x, amp)
+            ms = time_ms(step, device, args.min_time)
+            rows.append({'shape': name, 'backend': backend, 'fwd+bwd ms': ms,
+                         'vs dwconv7': ms / ref_ms if ref_ms else None, '% memory floor': 100 * floor_ms / ms,
+                         'peak MiB': peak_mib(step, device)})
+    return rows
+
+
+def run_conv(shapes: Dict[str, Sequence[int]], backends: List[str], args) -> List[dict]:
+    """fwd+bwd of the convolution alone (given two-sided kernels, grads to input, kernels and D) per backend."""
+    rows, device = [], torch.device(args.device)
+    amp = DTYPES[args.dtype] if args.dtype != 'fp32' else None
+    for name, shape in shapes.items():
+        x = torch.randn(args.batch, *shape, device=device, requires_grad=True)
+        ks = [torch.randn(1, shape[0], 2 * n - 1, device=device, requires_grad=True) for n in shape[1:]]
+        D = torch.randn(1, shape[0], device=device, requires_grad=True)
+        for backend in backends:
+            if backend == 'matmul' and _toeplitz_mib(shape) > args.max_toeplitz_mib:
+                rows.append({'shape': name, 'backend': backend, 'fwd+bwd ms': 'skipped (Toeplitz too large)'})
+                continue
+
+            def step(backend=backend):
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    y = separable_conv(x.to(amp) if amp else x, ks, D, backend=backend)
+                y.backward(torch.ones_like(y))
+            rows.append({'shape': name, 'backend': backend, 'fwd+bwd ms': time_ms(step, device, args.min_time),
+                         'peak MiB': peak_mib(step, device)})
+    return rows
+
+
+def _toeplitz_mib(shape: Sequence[int]) -> float:
+    return shape[0] * sum(n * n for n in shape[1:]) * 4 / 2 ** 20
+
+
+def run_kernel_gen(args) -> List[dict]:
+    """All per-axis two-sided kernels of one layer, fwd+bwd (torch path; the Triton generator is not built)."""
+    rows, device = [], torch.device(args.device)
+    for name, shape in {**STAGES, **VIDEO}.items():
+        layer = _layer(shape, 'auto', device, args.d_state)
+
+        def step():
+            ks = layer.axis_kernels(shape[1:])
+            sum(k.square().sum() for k in ks).backward()
+        rows.append({'shape': name, 'backend': 'torch', 'fwd+bwd ms': time_ms(step, device, args.min_time)})
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--backend', nargs='+', default=None, help='paths to time (default: fft matmul [triton])')
+    parser.add_argument('--sections', nargs='+', default=['layer', 'kernel_gen', 'video', 'seq', 'scaling'],
+                        choices=['layer', 'kernel_gen', 'video', 'seq', 'scaling'])
+    parser.add_argument('--shapes', nargs='+', default=None, help=f'subset of the layer shapes {list(STAGES)}')
+    parser.add_argument('--dtype', default=None, choices=list(DTYPES), help='autocast dtype (default bf16 on CUDA)')
+    parser.add_argument('-b', '--batch', type=int, default=128)
+    parser.add_argument('--scaling-batch', type=int, default=None, help='batch of the scaling section (default --batch)')
+    parser.add_argument('--d-state', type=int, default=64)
+    parser.add_argument('--max-toeplitz-mib', type=float, default=2048, help='skip matmul above this Toeplitz size')
+    parser.add_argument('--min-time', type=float, default=0.5, help='CPU: seconds per measurement')
+    parser.add_argument('--json', default=None, help='also write all rows to this file')
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    args.dtype = args.dtype or ('bf16' if device.type == 'cuda' else 'fp32')
+    backends = args.backend or ['fft', 'matmul'] + (['triton'] if device.type == 'cuda' and HAS_TRITON else [])
+    torch.manual_seed(0)
+    print(header(device, dtype=args.dtype, batch=args.batch, d_state=args.d_state))
+    results = {}
+    stages = {k: v for k, v in STAGES.items() if args.shapes is None or k in args.shapes}
+    if 'layer' in args.sections:
+        results['layer'] = run_layers(stages, backends, args, dwconv=True)
+    if 'kernel_gen' in args.sections:
+        results['kernel_gen'] = run_kernel_gen(args)
+    if 'video' in args.sections:
+        results['video'] = run_layers(VIDEO, backends, args, dwconv=False)
+    if 'seq' in args.sections:
+        results['seq'] = run_layers(SEQ, backends, args, dwconv=False)
+    if 'scaling' in args.sections:
+        scaled = argparse.Namespace(**{**vars(args), 'batch': args.scaling_batch or args.batch})
+        shapes = {f'96x{n}x{n}': (96, n, n) for n in SCALING_2D}
+        shapes.update({f'256x{n}': (256, n) for n in SCALING_1D})
+        results['scaling'] = run_conv(shapes, [b for b in backends if b != 'triton'], scaled)
+    for section, rows in results.items():
+        print(f'\n### {section}\n')
+        columns = {'kernel_gen': ['shape', 'backend', 'fwd+bwd ms'], 'scaling': ['shape', 'backend', 'fwd+bwd ms', 'peak MiB']}
+        print(table(rows, columns.get(section, COLUMNS)))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
