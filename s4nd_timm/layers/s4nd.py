@@ -9,7 +9,8 @@ N ``d_state``, M = N/2, c = ``channels``, C_k = c x 2 if bidirectional else c.
 
 What the layer computes (channels-first shapes; channels-last input is convolved in place by the
 matmul and Triton paths, the FFT path moves it to channels-first and back):
-    1. per axis i, a 1-D SSM kernel ``kernel[i]`` of L_k,i taps at rate r_i (``ssm.py``);
+    1. per axis i, a 1-D SSM kernel ``kernel[i]`` of L_k,i taps at rate r_i: diagonal S4D (``mode='diag'``,
+       ``ssm.py``) or diagonal plus low-rank S4 (``mode='dplr'``, ``dplr.py``; what the reference configs ran);
     2. bidirectional: the first c of the C_k kernels are the forward (causal) taps, the last c the
        backward taps, the backward tap m-1 sitting at offset -m; the result is a two-sided kernel
        k_i of shape (c, H, 2 L_i - 1), index L_i - 1 = offset 0 (``axis_kernels``);
@@ -30,9 +31,10 @@ or one per axis), as the reference's loaders do with r = base / actual.
 Parameters (names as in the reference's current layout, spec §8):
     kernel.<i>.inv_dt (H, 1), kernel.<i>.A_real (S, M), kernel.<i>.A_imag (S, M),
     kernel.<i>.B (1, S, M, 2), kernel.<i>.C (C_k, H, M, 2)      for each axis i (0 = first spatial axis)
+    kernel.<i>.P (R, S, M, 2), buffer kernel.<i>.l_kernel ()    mode='dplr' only; C then holds C̃ = C(I - Ā^L)
     D (c, H)
     output_linear.weight (H or 2H, c H), output_linear.bias     when postact is not None
-SSM tensors (inv_dt, A_real, A_imag, B) carry ``p._optim = {'lr': ssm_lr, 'weight_decay': 0.}``.
+SSM tensors (inv_dt, A_real, A_imag, B, P) carry ``p._optim = {'lr': ssm_lr, 'weight_decay': 0.}``.
 
 Choices where the spec leaves room: kernels and FFTs run in float32 with autocast disabled and
 the result is cast back to the input dtype (the reference casts fp16 to fp32 and ends in fp32);
@@ -48,7 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from s4nd_timm.kernels import BACKENDS, select_backend, separable_conv
-from .ssm import DIAG_INITS, DiagAxisKernel, kernel_compute_dtype
+from .dplr import DPLRAxisKernel
+from .ssm import DiagAxisKernel, check_init, kernel_compute_dtype
 
 __all__ = ['S4ND']
 
@@ -56,7 +59,7 @@ LAYOUTS = ('channels_first', 'channels_last')
 RESOLUTIONS = ('continuous', 'discrete')
 ACTIVATIONS = ('gelu', None)
 POSTACTS = (None, 'linear', 'glu')
-MODES = ('diag',)
+MODES = ('diag', 'dplr')
 
 
 def _per_axis(value, ndim: int, name: str) -> Tuple:
@@ -94,9 +97,11 @@ class S4ND(nn.Module):
         channels: c, independent kernels per feature.
         bidirectional: two-sided (non-causal) kernels.
         l_max: base resolution, an int (every axis) or one per axis; None = no base resolution.
-        init: SSM init ('legs', 'lin', 'inv', 'real', or the 'diag-' spellings), or one per axis.
+        init: SSM init, or one per axis. Both modes: 'legs', 'lin', 'inv', 'real', the 'diag-' spellings,
+            'diag' (inv + lin); mode='dplr' only: 'fourier' (FouT), 'hippo' (legs + fourier). Combinations
+            split the n_ssm sets in halves. 'legs'/'fourier' carry a low-rank P in DPLR mode, 'diag-*' P = 0.
         dt_min, dt_max: range of the log-uniform base step Δ.
-        disc: 'zoh' or 'bilinear'.
+        disc: diag mode: 'zoh' (default) or 'bilinear'; DPLR kernels are always bilinear (None or 'bilinear').
         bandlimit: None or a cutoff in (0, 1] (1 = Nyquist at base resolution), spec §4.
         activation: 'gelu' or None, applied after the convolution.
         postact: None, 'linear' or 'glu' output projection.
@@ -104,8 +109,10 @@ class S4ND(nn.Module):
         layout: 'channels_first' (B, H, *spatial) or 'channels_last' (B, *spatial, H).
         resolution: 'continuous' (rate = l_max / L per axis) or 'discrete' (rate = 1).
         ssm_lr: learning-rate hint for the SSM tensors (no weight decay either way).
-        n_ssm: S, number of (A, B) sets per axis, must divide dim.
-        mode: axis-kernel family, 'diag' (S4D).
+        n_ssm: S, number of (A, B[, P]) sets per axis, must divide dim.
+        mode: axis-kernel family, 'diag' (S4D) or 'dplr' (S4, needs l_max on every axis; checkpoints of one
+            mode are refused by a layer of the other).
+        rank: R, rank of the DPLR low-rank term (mode='dplr'); only 1 is supported.
         backend: convolution path, 'auto' (Triton on CUDA when the shapes fit, else matmul or FFT by
             size), 'fft', 'matmul' or 'triton' (``s4nd_timm.kernels.separable_conv``); settable later
             through the ``backend`` attribute.
@@ -122,7 +129,7 @@ class S4ND(nn.Module):
             init: Union[str, Sequence[str]] = 'legs',
             dt_min: float = 1e-3,
             dt_max: float = 1e-1,
-            disc: str = 'zoh',
+            disc: Optional[str] = None,
             bandlimit: Optional[float] = None,
             activation: Optional[str] = 'gelu',
             postact: Optional[str] = None,
@@ -132,6 +139,7 @@ class S4ND(nn.Module):
             ssm_lr: Optional[float] = None,
             n_ssm: int = 1,
             mode: str = 'diag',
+            rank: int = 1,
             backend: str = 'auto',
     ):
         super().__init__()
@@ -148,23 +156,31 @@ class S4ND(nn.Module):
                 raise ValueError(f"{name}={value!r} is not supported; expected one of {allowed}")
         inits = _per_axis(init, ndim, 'init')
         for i in inits:
-            if i not in DIAG_INITS:
-                raise ValueError(f"init={i!r} is not supported in mode={mode!r}; expected one of {sorted(DIAG_INITS)}")
+            check_init(i, mode)
+        l_maxes = _per_axis(l_max, ndim, 'l_max')
+        if mode == 'dplr':
+            if None in l_maxes:
+                raise ValueError(
+                    f"mode='dplr' needs l_max on every axis (the kernel length its C̃ is built for); "
+                    f"got l_max={l_max}. Pass l_max (the base resolution), or use mode='diag'.")
+            if disc not in (None, 'bilinear'):
+                raise ValueError(
+                    f"mode='dplr' kernels are always bilinear (spec §1.2); got disc={disc!r}. Leave disc unset.")
         if bandlimit is not None and not bandlimit > 0:
             raise ValueError(f"bandlimit must be None or > 0; got {bandlimit}")
         if postact is None and channels > 1:
             raise ValueError(f"channels={channels} needs postact='linear' or 'glu' to map c*dim features back to dim")
         self.dim, self.ndim, self.d_state, self.channels = dim, ndim, d_state, channels
         self.bidirectional, self.layout, self.mode = bidirectional, layout, mode
-        self.l_max = _per_axis(l_max, ndim, 'l_max')
+        self.l_max = l_maxes
         self.resolution = resolution
         self.backend = backend
         kernel_channels = channels * (2 if bidirectional else 1)
+        common = dict(dt_min=dt_min, dt_max=dt_max, n_ssm=n_ssm, bandlimit=bandlimit, ssm_lr=ssm_lr)
         self.kernel = nn.ModuleList([
-            DiagAxisKernel(
-                dim, d_state, kernel_channels, init=i, dt_min=dt_min, dt_max=dt_max, n_ssm=n_ssm,
-                disc=disc, bandlimit=bandlimit, ssm_lr=ssm_lr)
-            for i in inits])
+            DiagAxisKernel(dim, d_state, kernel_channels, init=i, disc=disc or 'zoh', **common) if mode == 'diag'
+            else DPLRAxisKernel(dim, d_state, kernel_channels, init=i, rank=rank, l_max=lm, **common)
+            for i, lm in zip(inits, l_maxes)])
         self.D = nn.Parameter(torch.randn(channels, dim))
         self.activation = nn.GELU() if activation == 'gelu' else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

@@ -1,0 +1,178 @@
+"""DPLR (S4) axis kernel: diagonal plus low-rank state matrix, bilinear discretization.
+
+Paper: S4, Gu et al. 2022 (arXiv 2111.00396), as used by S4ND (Nguyen et al. 2022, arXiv 2210.06583):
+every published S4ND experiment ran this kernel (spec §6). Origin: written from
+../shared/design/s4nd-spec.md §1.2, §3, §4, §5, §8 (reference: state-spaces/s4 ``SSMKernelDPLR``).
+Changes from the reference: C̃ is built at construction (or when a raw-C checkpoint is loaded), never
+inside ``forward``; a request past the kernel's length is an error instead of a silent doubling of
+``l_kernel``; the Cauchy sums use the half-angle form below, which has no 0/0 at the Nyquist node;
+deterministic Δ is log-spaced as intended (no exp-of-a-log, spec §3).
+
+Legend as in ``ssm.py`` (H, N, M = N/2, S, C_k, L, r); R = ``rank`` = 1.
+
+Stored tensors: those of ``ssm.py`` (inv_dt, A_real, A_imag, B, C) plus
+
+=========  ===============  =====================================================
+name       shape            meaning
+=========  ===============  =====================================================
+P          (R, S, M, 2)     low-rank term, complex as (re, im) pairs
+l_kernel   ()               int64 buffer: the length L that C̃ was built for (set by ``set_raw_c`` or
+                            ``load_state_dict``; ``forward`` reads a Python copy, so no device sync)
+C          (C_k, H, M, 2)   holds C̃ = C (I - Ā^L), not the raw C (spec §1.2)
+=========  ===============  =====================================================
+
+System (conjugate-augmented 2M space, both halves of every pair): A = diag(Λ) - P P^*, Λ the diagonal
+part (-exp(A_real) - i A_imag), bilinear Ā = (I - ΔA/2)^{-1}(I + ΔA/2), B̄ = Δ (I - ΔA/2)^{-1} B, kernel
+K[l] = C Ā^l B̄ (real). With C̃ = C (I - Ā^L) and L_d = round(L / r) nodes ω_k = e^{-iθ_k},
+θ_k = 2πk / L_d, k = 0..L_d/2, the generating function Σ_{l<L_d} K[l] ω^l is, per node (Woodbury, R = 1),
+    k̂ = e^{iθ/2} [T_BC - cos(θ/2) T_BQ T_PC / (1 + cos(θ/2) T_PQ)],
+    T_xy = Σ_{2M modes} Δ x_n y_n / (2i sin(θ/2) - ΔΛ_n cos(θ/2)),   x ∈ {B, P}, y ∈ {C̃, Q = conj(P)},
+which is the reference's k̂ = 2/(1+ω) [R_BC - R_BQ R_PC / (1 + R_PQ)] with R = Σ Δxy / (z - ΔΛ),
+z = 2(1-ω)/(1+ω), multiplied through by (1+ω)/2 = cos(θ/2) e^{-iθ/2}. Then K = irfft(k̂, L_d)[:length].
+At r = 1 this is exactly the first taps of C Ā^l B̄ of the raw C. At r != 1, Δ = exp(inv_dt) r and C̃
+stays as built at r = 1 (spec §5), so the kernel covers the same continuous extent L Δ_base.
+Bandlimit (spec §4): C̃ is masked by the diagonal part's frequencies exp(inv_dt) |Im Λ| / (2π).
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .ssm import SSMAxisKernel, init_system, kernel_compute_dtype, mark_ssm_param
+
+__all__ = ['DPLRAxisKernel']
+
+
+class DPLRAxisKernel(SSMAxisKernel):
+    """DPLR (S4) SSM kernel along one spatial axis; same call interface as ``DiagAxisKernel``.
+
+    Args:
+        dim: H, number of features.
+        d_state: N (even); M = N/2 complex modes are stored.
+        kernel_channels: C_k, independent C per feature (channels x 2 if bidirectional).
+        init: one of DPLR_INITS ('legs', 'fourier', 'hippo', 'diag-lin', ...; ``ssm.py``).
+        dt_min, dt_max: Δ is log-uniform in [dt_min, dt_max] per feature.
+        n_ssm: S, number of (A, B, P) sets tiled over H (must divide H).
+        rank: R, rank of the low-rank term; only 1 is supported.
+        l_max: the axis base length L; C is replaced by C̃ for it at construction and l_kernel = L.
+        bandlimit: None or cutoff (fraction of the base-resolution Nyquist band x 2, spec §4).
+        ssm_lr: learning-rate hint for inv_dt, A_real, A_imag, B, P.
+        deterministic: Δ log-spaced over the features in [dt_min, dt_max] (stored as its log; the reference's
+            deterministic Δ is exp of the intended Δ, spec §3, not reproduced here) and C = V^* e_0.
+    """
+    mode = 'dplr'
+
+    def __init__(
+            self,
+            dim: int,
+            d_state: int = 64,
+            kernel_channels: int = 1,
+            init: str = 'legs',
+            dt_min: float = 1e-3,
+            dt_max: float = 1e-1,
+            n_ssm: int = 1,
+            rank: int = 1,
+            l_max: Optional[int] = None,
+            bandlimit: Optional[float] = None,
+            ssm_lr: Optional[float] = None,
+            deterministic: bool = False,
+    ):
+        if l_max is None or l_max < 1:
+            raise ValueError(
+                f"a DPLR kernel needs its axis base length l_max >= 1 (C is stored as C̃ = C(I - Ā^l_max), "
+                f"spec §1.2); got l_max={l_max}. Pass l_max (S4ND(..., l_max=...)), or use mode='diag'.")
+        if rank != 1:
+            raise ValueError(f"only rank=1 DPLR kernels are supported (every S4ND config uses 1); got rank={rank}")
+        system = init_system(init, d_state, n_ssm, mode='dplr')
+        super().__init__(dim, kernel_channels, system, dt_min, dt_max, bandlimit, ssm_lr, deterministic)
+        self.rank, self.l_max = rank, l_max
+        self.P = nn.Parameter(torch.view_as_real(system.P).unsqueeze(0).float().contiguous())
+        mark_ssm_param(self.P, ssm_lr)
+        self.register_buffer('l_kernel', torch.zeros((), dtype=torch.int64))
+        self.set_raw_c(self.C.detach().clone())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}, l_kernel={self._l_kernel}"
+
+    def low_rank(self, dtype: Optional[torch.dtype] = None) -> Tensor:
+        """P tiled over the features: (H, M) complex (R = 1), in ``dtype`` (default: the compute dtype)."""
+        dtype = dtype or kernel_compute_dtype(self.C)
+        return torch.view_as_complex(self.P.to(dtype)[0]).repeat(self.dim // self.n_ssm, 1)
+
+    @torch.no_grad()
+    def set_raw_c(self, c: Tensor, length: Optional[int] = None) -> None:
+        """Store C̃ = C (I - Ā^L) for a raw C and set l_kernel = L (spec §1.2); float64, no gradient.
+
+        Ā is the bilinear transition at the current base step (rate 1), applied L times to the row vectors
+        of C in the conjugate-augmented space in O(C_k H M) per step (Sherman-Morrison for (I - ΔA/2)^{-1}).
+        Args:
+            c: (C_k, H, M, 2) raw C as (re, im) pairs.
+            length: L; default ``l_max``.
+        """
+        length = self.l_max if length is None else length
+        if tuple(c.shape) != tuple(self.C.shape):
+            raise ValueError(
+                f"raw C must have the shape of the C parameter (C_k, H, M, 2) = {tuple(self.C.shape)}; "
+                f"got {tuple(c.shape)}")
+        work = torch.float64
+        dt_base, lam, _, _ = self.modes(work)
+        p = self.low_rank(work)
+        m = lam.shape[-1]
+        a = torch.cat([dt_base * lam, dt_base * lam.conj()], dim=-1)  # (H, 2M) ΔΛ, both halves
+        p2 = torch.cat([p, p.conj()], dim=-1)
+        q2 = p2.conj()
+        alpha = dt_base / 2  # (H, 1)
+        d, e = 1 - a / 2, 1 + a / 2
+        sm_denom = 1 + alpha * (q2 * p2 / d).sum(-1, keepdim=True)  # (H, 1)
+        w0 = torch.view_as_complex(c.to(work).contiguous())
+        w0 = torch.cat([w0, w0.conj()], dim=-1)  # (C_k, H, 2M)
+        w = w0
+        for _ in range(length):  # w <- w Ā = w (diag(d) + α p q^T)^{-1} (diag(e) - α p q^T)
+            u = w / d
+            u = u - alpha * (u * p2).sum(-1, keepdim=True) * (q2 / d) / sm_denom
+            w = u * e - alpha * (u * p2).sum(-1, keepdim=True) * q2
+        self.C.copy_(torch.view_as_real((w0 - w)[..., :m]).to(self.C.dtype))
+        self.l_kernel.fill_(length)
+        self._l_kernel = int(length)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """A checkpoint with l_kernel = 0 (reference module never run forward) holds the raw C: build C̃."""
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self._l_kernel = int(self.l_kernel)
+        if prefix + 'l_kernel' in state_dict and self._l_kernel == 0:
+            self.set_raw_c(self.C.detach().clone())
+
+    def forward(self, length: int, rate: float = 1.0) -> Tensor:
+        """Causal kernel taps: (C_k, H, length), real, float32 (float64 for float64 params); autocast off.
+
+        At most round(l_kernel / rate) taps (the extent C̃ was built for); S4ND never asks for more.
+        """
+        l_kernel = self._l_kernel
+        nodes = round(l_kernel / rate)
+        if not 1 <= length <= nodes:
+            raise ValueError(
+                f"DPLR kernel asked for {length} taps at rate={rate}; its C̃ was built for l_kernel={l_kernel} taps "
+                f"at rate 1, so at rate {rate} it has round(l_kernel / rate) = {nodes}. Ask for at most {nodes} taps "
+                f"(S4ND caps taps at round(l_max / rate)), or build the layer with a larger l_max.")
+        with torch.autocast(self.C.device.type, enabled=False):
+            dt_base, lam, b, c = self.modes()
+            p = self.low_rank()
+            real = dt_base.dtype
+            dt = dt_base * rate  # (H, 1)
+            dl = (dt * lam).unsqueeze(-1)  # (H, M, 1)
+            half = torch.arange(nodes // 2 + 1, device=c.device, dtype=torch.float64) * (math.pi / nodes)
+            sin, cos = half.sin().to(real), half.cos().to(real)  # (F,)
+            inv_den = (2j * sin - dl * cos).reciprocal()  # (H, M, F)
+            inv_den_conj = (2j * sin - dl.conj() * cos).reciprocal()
+            x = torch.stack([b, p])  # (2, H, M): B, P
+            y = torch.cat([c, p.conj().unsqueeze(0)])  # (C_k + 1, H, M): C̃, Q
+            v = dt * x.unsqueeze(1) * y.unsqueeze(0)  # (2, C_k + 1, H, M)
+            t = (torch.einsum('xyhm,hmf->xyhf', v, inv_den)
+                 + torch.einsum('xyhm,hmf->xyhf', v.conj(), inv_den_conj))  # (2, C_k + 1, H, F)
+            k_hat = t[0, :-1] - cos * t[0, -1:] * t[1, :-1] / (1 + cos * t[1, -1:])
+            k_hat = k_hat * torch.polar(torch.ones_like(half), half).to(k_hat.dtype)
+            return torch.fft.irfft(k_hat, n=nodes)[..., :length]
