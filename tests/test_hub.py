@@ -1,0 +1,222 @@
+"""Pretrained weights: save / reload through timm (local-dir:, pretrained_cfg_overlay file, hf-hub: against a
+pre-populated Hub cache with HF_HUB_OFFLINE=1), clear errors instead of random weights, model cards. Offline."""
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import timm
+import s4nd_timm  # noqa: F401
+from s4nd_timm import hub
+from s4nd_timm.hub import PretrainedWeightsError, save_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(d_state=8, img_size=16, bandlimit=0.5)  # s4nd_iso_cifar_small, cheap on CPU
+
+
+def _outputs(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.mark.parametrize('name,kwargs,shape', [
+    ('s4nd_iso_cifar_small.synthetic', SMALL, (2, 3, 16, 16)),
+    ('s4nd_vit_tiny_patch16', dict(embed_dim=16, depth=1, img_size=32, d_state=4, num_classes=7), (2, 3, 32, 32)),
+    ('s4nd_convnext_micro', dict(depths=(1, 1), dims=(8, 16), img_size=32, d_state=4, stem_type='s4nd',
+                                 downsample_type='s4nd', stem_chs=4, num_classes=3), (1, 3, 32, 32)),
+])
+def test_save_then_reload_by_local_dir_and_by_file_gives_identical_outputs(tmp_path, name, kwargs, shape):
+    model = timm.create_model(name, **kwargs).eval()
+    model.s4nd_resolution = 'discrete'  # a setting changed after construction is saved too
+    x = torch.randn(shape)
+    want = _outputs(model, x)
+    folder = save_pretrained(model, tmp_path / 'm')
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == name.split('.')[0] and config['model_args']['s4nd_resolution'] == 'discrete'
+    assert config['pretrained_cfg']['num_classes'] == model.num_classes
+    reloaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert reloaded.s4nd_resolution == 'discrete'
+    torch.testing.assert_close(_outputs(reloaded, x), want, rtol=0, atol=0)
+    overlay = dict(file=str(folder / 'model.safetensors'))
+    by_file = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, s4nd_resolution='discrete',
+                                **kwargs)
+    torch.testing.assert_close(_outputs(by_file, x), want, rtol=0, atol=0)
+
+
+def test_weights_file_refuses_a_model_built_with_other_settings(tmp_path):
+    folder = save_pretrained(timm.create_model('s4nd_iso_cifar_small.synthetic', **SMALL), tmp_path / 'm')
+    with pytest.raises(PretrainedWeightsError, match=r"bandlimit=0.5 \(this model: None\).*img_size.*local-dir:"):
+        timm.create_model('s4nd_iso_cifar_small.synthetic', pretrained=True, d_state=8,
+                          pretrained_cfg_overlay=dict(file=str(folder / 'model.safetensors')))
+
+
+def test_missing_file_and_missing_source_are_errors_not_random_weights(tmp_path):
+    missing = tmp_path / 'nope' / 'model.safetensors'
+    with pytest.raises(PretrainedWeightsError, match=rf"the file '{re.escape(str(missing))}'.*no random weights.*"
+                                                     rf"pretrained_cfg_overlay=dict\(file="):
+        timm.create_model('s4nd_iso_cifar_small.synthetic', pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(missing)))
+    no_source = dict(architecture='s4nd_iso_cifar_small', num_classes=10)
+    with pytest.raises(PretrainedWeightsError, match=r"no weight source.*refusing to return random weights"):
+        timm.create_model('s4nd_iso_cifar_small', pretrained=True, pretrained_cfg=no_source, **SMALL)
+
+
+def test_a_failed_save_leaves_nothing_and_a_full_folder_needs_overwrite(tmp_path, monkeypatch):
+    model = timm.create_model('s4nd_iso_cifar_small.synthetic', **SMALL)
+
+    def broken(model, directory, **kwargs):
+        (Path(directory) / 'model.safetensors').write_bytes(b'partial')
+        raise OSError('disk full')
+    monkeypatch.setattr(timm.models, 'save_for_hf', broken)
+    with pytest.raises(OSError, match='disk full'):
+        save_pretrained(model, tmp_path / 'm')
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    save_pretrained(model, tmp_path / 'm')
+    with pytest.raises(FileExistsError, match='overwrite=True'):
+        save_pretrained(model, tmp_path / 'm')
+    save_pretrained(model, tmp_path / 'm', overwrite=True, results='| data | top-1 |\n|---|---|\n| x | 1.0 |')
+    assert '| x | 1.0 |' in (tmp_path / 'm' / 'README.md').read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['m']
+
+
+def _put_in_hub_cache(cache: Path, repo_id: str, files: dict) -> None:
+    """huggingface_hub's cache layout: blobs/<sha256>, snapshots/<commit>/<file> -> blob, refs/main = commit."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(commit)
+    (repo / 'blobs').mkdir()
+    snap = repo / 'snapshots' / commit
+    snap.mkdir(parents=True)
+    for name, path in files.items():
+        data = Path(path).read_bytes()
+        blob = hashlib.sha256(data).hexdigest()
+        (repo / 'blobs' / blob).write_bytes(data)
+        os.symlink(os.path.join('..', '..', 'blobs', blob), snap / name)
+
+
+def test_hf_hub_loading_through_huggingface_hub_offline_cache(tmp_path):
+    """The real huggingface_hub download path (HF_HUB_OFFLINE=1) against a pre-populated cache: by registry tag
+    (its hf_hub_id), by hf-hub: id; a repo without weights and a repo not cached give the clear error."""
+    model = timm.create_model('s4nd_iso_cifar_small.synthetic', d_state=8).eval()
+    folder = save_pretrained(model, tmp_path / 'saved')
+    x = torch.randn(2, 3, 16, 16)
+    torch.save({'x': x, 'y': _outputs(model, x)}, tmp_path / 'expect.pt')
+    cache = tmp_path / 'hub'
+    _put_in_hub_cache(cache, 's4nd-timm/s4nd_iso_cifar_small.synthetic',
+                      {n: folder / n for n in ('model.safetensors', 'config.json', 'README.md')})
+    _put_in_hub_cache(cache, 's4nd-timm/s4nd_iso_cifar_conv2d_small.synthetic', {'README.md': folder / 'README.md'})
+    script = textwrap.dedent(f"""
+        import json, torch, timm, s4nd_timm
+        e = torch.load({str(tmp_path / 'expect.pt')!r})
+        out = {{}}
+        with torch.no_grad():
+            m = timm.create_model('s4nd_iso_cifar_small.synthetic', pretrained=True, d_state=8).eval()
+            out['tag'] = torch.equal(m(e['x']), e['y'])
+            m = timm.create_model('hf-hub:s4nd-timm/s4nd_iso_cifar_small.synthetic', pretrained=True).eval()
+            out['hf_hub'] = torch.equal(m(e['x']), e['y'])
+        for name in ('s4nd_iso_cifar_conv2d_small.synthetic', 's4nd_vit_tiny_patch16.in1k'):
+            try:
+                timm.create_model(name, pretrained=True)
+                out[name] = 'loaded'
+            except s4nd_timm.hub.PretrainedWeightsError as err:
+                out[name] = str(err)
+        print(json.dumps(out))
+    """)
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf_home'), HF_HUB_OFFLINE='1',
+               HF_HUB_DISABLE_TELEMETRY='1')
+    run = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out['tag'] is True and out['hf_hub'] is True
+    for name in ('s4nd_iso_cifar_conv2d_small.synthetic', 's4nd_vit_tiny_patch16.in1k'):
+        msg = out[name]
+        assert f"Hugging Face Hub repo 's4nd-timm/{name}'" in msg, msg
+        assert 'no random weights' in msg and 'pretrained_cfg_overlay=dict(file=' in msg and 'local-dir:' in msg, msg
+
+
+def test_push_to_hub_uploads_the_save_pretrained_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None, **kwargs):
+            calls['token'] = token
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            calls['create'] = (repo_id, private, exist_ok)
+            return huggingface_hub.RepoUrl(f'https://huggingface.co/{repo_id}')
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            calls['files'] = sorted(os.listdir(folder_path))
+            calls['card'] = Path(folder_path, 'README.md').read_text()
+            return 'commit'
+    monkeypatch.setattr(huggingface_hub, 'HfApi', FakeApi)
+    model = timm.create_model('s4nd_iso_cifar_small.synthetic', **SMALL)
+    assert hub.push_to_hub(model, 's4nd-timm/s4nd_iso_cifar_small.synthetic', token='t') == 'commit'
+    assert calls['create'] == ('s4nd-timm/s4nd_iso_cifar_small.synthetic', False, True)
+    assert calls['files'] == ['README.md', 'config.json', 'model.safetensors']
+    assert calls['card'].startswith('---\nlibrary_name: timm')
+
+
+def _front_matter(text):
+    m = re.match(r'---\n(.*?)\n---\n', text, re.DOTALL)
+    assert m, text[:200]
+    return yaml.safe_load(m.group(1)), text[m.end():]
+
+
+@pytest.mark.parametrize('name', timm.list_pretrained('s4nd_*'))
+def test_every_pretrained_tag_has_a_card(name):
+    path = ROOT / 'model_cards' / f'{name}.md'
+    assert path.is_file(), f'no model card {path}'
+    text = path.read_text()
+    meta, body = _front_matter(re.sub(r'\{\{\s*license\s*\}\}', 'apache-2.0', text))
+    assert meta['library_name'] == 'timm' and meta['license'] and meta['datasets'] and 's4nd' in meta['tags']
+    assert 'arXiv:2210.06583' in body and f"timm.create_model('{name}'" in body and '## Usage' in body
+    assert not re.search(r'\d+\.\d+\s*%', body), 'cards carry only numbers measured on the weights ({{ results }})'
+
+
+def test_cards_render_with_every_placeholder_filled(tmp_path):
+    model = timm.create_model('s4nd_iso_cifar_small.synthetic', **SMALL)
+    for path in sorted((ROOT / 'model_cards').glob('*.md')):
+        card = hub.render_model_card(model, name=path.stem if path.stem != '_template' else 'no_card_for_this',
+                                     results='measured: none', provenance='from a test')
+        meta, body = _front_matter(card)
+        assert '{{' not in card and meta['library_name'] == 'timm', path
+        assert 'measured: none' in body and 'from a test' in body, path
+
+
+def test_without_the_model_cards_folder_a_minimal_card_is_written(tmp_path, monkeypatch):
+    """An installed wheel has no model_cards/: saving still works, with a short card."""
+    monkeypatch.setattr(hub, 'MODEL_CARDS_DIR', tmp_path / 'not_here')
+    monkeypatch.chdir(tmp_path)
+    model = timm.create_model('s4nd_iso_cifar_small.synthetic', **SMALL)
+    card = (save_pretrained(model, tmp_path / 'm', results='r1') / 'README.md').read_text()
+    meta, body = _front_matter(card)
+    assert meta['library_name'] == 'timm' and meta['datasets'] == ['synthetic-shapes'] and 'r1' in body
+    assert '{{' not in card and 'arXiv:2210.06583' in body
+
+
+@pytest.mark.parametrize('name', [n for n in timm.list_pretrained('s4nd_*') if n.endswith('.synthetic')])
+def test_weights_shipped_in_the_repository_load_by_tag(name):
+    """weights/<model>.<tag>/ (written by the main job's training with save_pretrained) loads by its tag."""
+    folder = hub.repo_weights_dir(name)
+    if not (folder / 'model.safetensors').is_file():
+        pytest.skip(f'{folder} is not in this checkout (written by the main job, s4nd-demo)')
+    by_dir = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    by_tag = timm.create_model(name, pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(folder / 'model.safetensors')))
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(_outputs(by_tag, x), _outputs(by_dir, x), rtol=0, atol=0)
+    meta, _ = _front_matter((folder / 'README.md').read_text())
+    assert meta['library_name'] == 'timm'
