@@ -6,9 +6,9 @@ from typing import Callable, Optional
 
 import torch
 import torch.utils.benchmark as benchmark
+from s4nd_timm.kernels import HAS_TRITON
 
 import s4nd_timm
-from s4nd_timm.kernels import HAS_TRITON
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, min_run_time: float = 0.5) -> float:

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from _timing import copy_bandwidth, header, peak_mib, table, time_ms
 from s4nd_timm import S4ND
-from s4nd_timm.kernels import HAS_TRITON, separable_conv
+from s4nd_timm.kernels import HAS_TRITON, axis_kernels_triton, separable_conv
 
 STAGES = {'96x56x56': (96, 56, 56), '192x28x28': (192, 28, 28), '384x14x14': (384, 14, 14), '768x7x7': (768, 7, 7)}
 VIDEO = {'96x8x56x56': (96, 8, 56, 56)}
@@ -58,7 +58,8 @@ def run_layers(shapes: Dict[str, Sequence[int]], backends: List[str], args, dwco
             conv = nn.Conv2d(shape[0], shape[0], 7, padding=3, groups=shape[0]).to(device)
             ref_ms = time_ms(_fwd_bwd(conv, x, amp), device, args.min_time)
             rows.append({'shape': name, 'backend': 'dwconv7', 'fwd+bwd ms': ref_ms, 'vs dwconv7': 1.0,
-                         '% memory floor': 100 * floor_ms / ref_ms, 'peak MiB': peak_mib(_fwd_bwd(conv, x, amp), device)})
+                         '% memory floor': 100 * floor_ms / ref_ms,
+                         'peak MiB': peak_mib(_fwd_bwd(conv, x, amp), device)})
         for backend in backends:
             if backend == 'matmul' and _toeplitz_mib(shape) > args.max_toeplitz_mib:
                 rows.append({'shape': name, 'backend': backend, 'fwd+bwd ms': 'skipped (Toeplitz too large)'})
@@ -84,7 +85,7 @@ def run_conv(shapes: Dict[str, Sequence[int]], backends: List[str], args) -> Lis
                 rows.append({'shape': name, 'backend': backend, 'fwd+bwd ms': 'skipped (Toeplitz too large)'})
                 continue
 
-            def step(backend=backend):
+            def step(backend=backend, x=x, ks=ks, D=D):
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     y = separable_conv(x.to(amp) if amp else x, ks, D, backend=backend)
                 y.backward(torch.ones_like(y))
@@ -98,15 +99,19 @@ def _toeplitz_mib(shape: Sequence[int]) -> float:
 
 
 def run_kernel_gen(args) -> List[dict]:
-    """All per-axis two-sided kernels of one layer, fwd+bwd (torch path; the Triton generator is not built)."""
+    """All per-axis two-sided kernels of one layer, fwd+bwd: torch path, and the Triton generator on CUDA."""
     rows, device = [], torch.device(args.device)
+    paths = {'torch': lambda layer, lengths: layer.axis_kernels(lengths)}
+    if device.type == 'cuda' and HAS_TRITON:
+        paths['triton'] = axis_kernels_triton
     for name, shape in {**STAGES, **VIDEO}.items():
         layer = _layer(shape, 'auto', device, args.d_state)
+        for path, generate in paths.items():
 
-        def step():
-            ks = layer.axis_kernels(shape[1:])
-            sum(k.square().sum() for k in ks).backward()
-        rows.append({'shape': name, 'backend': 'torch', 'fwd+bwd ms': time_ms(step, device, args.min_time)})
+            def step(generate=generate, layer=layer, shape=shape):
+                ks = generate(layer, shape[1:])
+                sum(k.square().sum() for k in ks).backward()
+            rows.append({'shape': name, 'backend': path, 'fwd+bwd ms': time_ms(step, device, args.min_time)})
     return rows
 
 
@@ -119,7 +124,7 @@ def main():
     parser.add_argument('--shapes', nargs='+', default=None, help=f'subset of the layer shapes {list(STAGES)}')
     parser.add_argument('--dtype', default=None, choices=list(DTYPES), help='autocast dtype (default bf16 on CUDA)')
     parser.add_argument('-b', '--batch', type=int, default=128)
-    parser.add_argument('--scaling-batch', type=int, default=None, help='batch of the scaling section (default --batch)')
+    parser.add_argument('--scaling-batch', type=int, default=None, help='scaling section batch (default --batch)')
     parser.add_argument('--d-state', type=int, default=64)
     parser.add_argument('--max-toeplitz-mib', type=float, default=2048, help='skip matmul above this Toeplitz size')
     parser.add_argument('--min-time', type=float, default=0.5, help='CPU: seconds per measurement')
@@ -147,7 +152,8 @@ def main():
         results['scaling'] = run_conv(shapes, [b for b in backends if b != 'triton'], scaled)
     for section, rows in results.items():
         print(f'\n### {section}\n')
-        columns = {'kernel_gen': ['shape', 'backend', 'fwd+bwd ms'], 'scaling': ['shape', 'backend', 'fwd+bwd ms', 'peak MiB']}
+        columns = {'kernel_gen': ['shape', 'backend', 'fwd+bwd ms'],
+                   'scaling': ['shape', 'backend', 'fwd+bwd ms', 'peak MiB']}
         print(table(rows, columns.get(section, COLUMNS)))
     if args.json:
         with open(args.json, 'w') as f:

@@ -7,29 +7,49 @@ CPU tensors through the Triton interpreter, for tests.
 
 Paths: 'fft' (``separable_conv_ref``, the spec), 'matmul' (``separable_conv_matmul``, Toeplitz mode
 products), 'triton' (fused kernels, CUDA or the interpreter). ``separable_conv(..., backend='auto')``
-picks one per call, see ``select_backend``.
+picks one per call, see ``select_backend``. Kernel generation in Triton: ``axis_kernels_triton``.
 """
-import importlib
 import importlib.util
+import math
 import os
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from torch import Tensor
 
 from .separable_conv import LAYOUTS, check_conv_args, separable_conv_matmul, separable_conv_ref, toeplitz
 
 __all__ = [
-    'BACKENDS', 'HAS_TRITON', 'LAYOUTS', 'MATMUL_MAX_LEN', 'separable_conv', 'separable_conv_matmul',
-    'separable_conv_ref', 'select_backend', 'toeplitz', 'triton_interpret']
+    'AUTO_USES_TRITON',
+    'BACKENDS',
+    'CPU_COST',
+    'CUDA_MATMUL_MAX_LEN',
+    'HAS_TRITON',
+    'LAYOUTS',
+    'MATMUL_MAX_TOEPLITZ',
+    'axis_kernels_triton',
+    'select_backend',
+    'separable_conv',
+    'separable_conv_matmul',
+    'separable_conv_ref',
+    'toeplitz',
+    'triton_interpret',
+]
 
 BACKENDS = ('auto', 'fft', 'matmul', 'triton')
 HAS_TRITON = importlib.util.find_spec('triton') is not None
 
-# 'auto' uses the matmul path while every axis is at most this long, the FFT path beyond.
-# cpu: measured crossover (docs/benchmarks.md, benchmarks/bench_layer.py --section scaling).
-# cuda: NOT measured yet (no GPU run); chosen from the FLOP model in performance.md §1.
-MATMUL_MAX_LEN = {'cpu': 0, 'cuda': 256}
-# and while the Toeplitz matrices (c * H * sum L_i^2 elements) stay below this many elements.
+# 'auto' on CPU: a cost model whose three constants were measured on CPU (seconds per unit, fwd+bwd; see
+# docs/benchmarks.md "CPU crossover"): matmul = mac * B*c*H*prod(L)*sum(L) + toeplitz * c*H*sum(L^2),
+# fft = fft * B*c*H*prod(2L)*log2(prod(2L)). The Toeplitz term (building the matrices, and in the backward
+# reducing their gradient to the taps) is paid once per call, so matmul wins when enough rows share each
+# matrix: every 2-D/3-D size measured (up to 512 px) and 1-D with large batches.
+CPU_COST = {'mac': 6.5e-11, 'toeplitz': 6.8e-9, 'fft': 1.5e-9}
+# 'auto' on CUDA takes the fused Triton kernel (where ``fits``) only once it has been validated and timed on a
+# GPU: so far it has run only in the Triton interpreter, so this stays False until docs/benchmarks.md has GPU rows.
+AUTO_USES_TRITON = False
+# 'auto' on CUDA: NOT measured yet (no GPU run). Matmul while every axis is at most this long.
+CUDA_MATMUL_MAX_LEN = 256
+# Either device: never build Toeplitz matrices (c * H * sum L_i^2 elements) larger than this.
 MATMUL_MAX_TOEPLITZ = 1 << 27
 
 
@@ -43,7 +63,17 @@ def _triton_impl():
     if not HAS_TRITON:
         raise RuntimeError("backend='triton' needs Triton: pip install triton (Linux x86_64 wheels ship with torch), "
                            "or use backend='matmul' / 'fft'.")
-    return importlib.import_module('.separable_conv_triton', __name__)
+    from . import separable_conv_triton  # an import statement (not importlib): torch.compile traces it
+    return separable_conv_triton
+
+
+def axis_kernels_triton(layer, lengths: Sequence[int], rate=None) -> List[Tensor]:
+    """``layer.axis_kernels(lengths, rate)`` computed by one Triton launch (``ssm_kernel_gen_triton``); diag
+    mode, float32, CUDA (or CPU with TRITON_INTERPRET=1). Not yet used by the layer: see docs/benchmarks.md."""
+    if not HAS_TRITON:
+        raise RuntimeError("axis_kernels_triton needs Triton; use layer.axis_kernels (the torch path).")
+    from . import ssm_kernel_gen_triton
+    return ssm_kernel_gen_triton.axis_kernels_triton(layer, lengths, rate)
 
 
 def _triton_usable(u: Tensor) -> bool:
@@ -53,18 +83,26 @@ def _triton_usable(u: Tensor) -> bool:
 def select_backend(u: Tensor, ks: Sequence[Tensor], layout: str = 'channels_first') -> str:
     """The path 'auto' takes for these arguments: 'triton', 'matmul' or 'fft'.
 
-    Triton on CUDA when the fused kernel supports the shapes (``separable_conv_triton.fits``); otherwise
-    matmul while every axis length is at most ``MATMUL_MAX_LEN[device]`` and the Toeplitz matrices fit
-    ``MATMUL_MAX_TOEPLITZ`` elements; otherwise FFT.
+    CUDA: Triton when ``AUTO_USES_TRITON`` and the fused kernel supports the shapes
+    (``separable_conv_triton.fits``), else matmul while every axis is at most ``CUDA_MATMUL_MAX_LEN``
+    (unmeasured guess), else FFT. CPU (and other
+    devices): the cheaper path under the measured cost model ``CPU_COST``. Matmul never when the
+    Toeplitz matrices exceed ``MATMUL_MAX_TOEPLITZ`` elements.
     """
     spatial = [k.shape[-1] // 2 + 1 for k in ks]
-    if u.device.type == 'cuda' and HAS_TRITON and _triton_impl().fits(u, ks, layout):
-        return 'triton'
-    limit = MATMUL_MAX_LEN.get(u.device.type, MATMUL_MAX_LEN['cuda'])
-    toeplitz_elems = ks[0].shape[0] * ks[0].shape[1] * sum(n * n for n in spatial)
-    if max(spatial) <= limit and toeplitz_elems <= MATMUL_MAX_TOEPLITZ:
-        return 'matmul'
-    return 'fft'
+    kernels = ks[0].shape[0] * ks[0].shape[1]  # c * H
+    if kernels * sum(n * n for n in spatial) > MATMUL_MAX_TOEPLITZ:
+        return 'fft'
+    if u.device.type == 'cuda':
+        if AUTO_USES_TRITON and HAS_TRITON and _triton_impl().fits(u, ks, layout):
+            return 'triton'
+        return 'matmul' if max(spatial) <= CUDA_MATMUL_MAX_LEN else 'fft'
+    rows = u.shape[0] * kernels  # B * c * H * prod(L)
+    for n in spatial:
+        rows = rows * n
+    matmul = CPU_COST['mac'] * rows * sum(spatial) + CPU_COST['toeplitz'] * kernels * sum(n * n for n in spatial)
+    fft = CPU_COST['fft'] * rows * 2 ** len(spatial) * sum(math.log2(2 * n) for n in spatial)
+    return 'matmul' if matmul <= fft else 'fft'
 
 
 def separable_conv(

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ['LAYOUTS', 'separable_conv_ref', 'separable_conv_matmul', 'toeplitz', 'check_conv_args']
+__all__ = ['LAYOUTS', 'check_conv_args', 'separable_conv_matmul', 'separable_conv_ref', 'toeplitz']
 
 LAYOUTS = ('channels_first', 'channels_last')
 
@@ -91,8 +91,9 @@ def toeplitz(k: Tensor, length: int) -> Tensor:
 
     y = T @ x is the "same"-size linear convolution of x (length L) with k along that axis.
     """
-    idx = torch.arange(length, device=k.device)
-    return k[..., (length - 1) + idx[:, None] - idx[None, :]]
+    # windows[..., p, t] = k[p + t]; T[p, q] = windows[..., p, L - 1 - q]. A strided view plus one copy;
+    # its backward (flip, then unfold_backward) is a diagonal sum, much faster than a gather's scatter-add.
+    return k.unfold(-1, length, 1).flip(-1)
 
 
 def _operand_dtype(u: Tensor) -> torch.dtype:
@@ -114,7 +115,8 @@ def separable_conv_matmul(
             d = len(spatial) in 1..3.
         ks: d tensors, ks[i]: (c, H, 2 * L_i - 1), two-sided, index L_i - 1 = offset 0.
         D: (c, H) skip term, or None.
-        layout: 'channels_first' or 'channels_last' (no permute copy of the input either way).
+        layout: 'channels_first' or 'channels_last', taken as given (no movedim around the call; einsum still
+            rearranges operands for its batched matmuls internally, H being the batch dimension).
     Returns:
         (B, c * H, *spatial) or (B, *spatial, c * H), channel index c * H + h, dtype of u.
         bf16/fp16 CUDA inputs multiply in their dtype with fp32 accumulation; other inputs in

@@ -113,9 +113,8 @@ class S4ND(nn.Module):
         mode: axis-kernel family, 'diag' (S4D) or 'dplr' (S4, needs l_max on every axis; checkpoints of one
             mode are refused by a layer of the other).
         rank: R, rank of the DPLR low-rank term (mode='dplr'); only 1 is supported.
-        backend: convolution path, 'auto' (Triton on CUDA when the shapes fit, else matmul or FFT by
-            size), 'fft', 'matmul' or 'triton' (``s4nd_timm.kernels.separable_conv``); settable later
-            through the ``backend`` attribute.
+        backend: convolution path, 'auto' (matmul or FFT by size, ``s4nd_timm.kernels.select_backend``),
+            'fft', 'matmul' or 'triton' (fused kernels, CUDA); settable later through the ``backend`` attribute.
     """
 
     def __init__(

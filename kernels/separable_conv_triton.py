@@ -1,0 +1,301 @@
+"""Fused separable convolution in Triton: forward and backward for 1-D and 2-D inputs, both layouts.
+
+Same operation and kernel convention as ``separable_conv_ref`` (separable_conv.py). Loaded lazily by
+``kernels/__init__.py`` (never import it directly: TRITON_INTERPRET must be read before this module
+is imported). Every kernel works on the logical channels-first view (B, C, L_1, L_2) through strides,
+so channels-last tensors are read and written in place, without permute copies.
+
+A program owns one (b, h) plane (2-D) or a block of batch rows of one channel h (1-D, where the
+batch plays the role of axis 1 and no convolution is applied along it). Per output channel c it builds
+the per-axis Toeplitz tiles T_i[p, q] = k_i[c, h, L_i - 1 + p - q] on chip from the two-sided taps
+(gathered loads, never written to memory) and computes
+    forward:   Y_c = T_1 X T_2^T + D_c X                       (written once, every c)
+    backward:  dX  = sum_c T_1^T dY_c T_2 + D_c dY_c             (one kernel, written once)
+               dT_1 = sum_b dY_c (X T_2^T)^T, dT_2 = sum_b dY_c^T (T_1 X), dD_c = sum_b <dY_c, X>
+               (second kernel; each Toeplitz gradient is reduced to its taps, k_i[L_i-1+j] += sum of
+               diagonal j, with atomic adds into a float32 buffer).
+tl.dot multiplies in the input dtype (bf16/fp16 tensor cores, float32 accumulation); float32 inputs
+use input_precision='ieee' (no TF32), so results match the torch paths to float32 rounding.
+Tiles are padded to powers of two >= 16; ``fits`` says which shapes the kernels take.
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .separable_conv import check_conv_args
+
+__all__ = ['fits', 'separable_conv_triton']
+
+MAX_TILE_2D = 64  # largest axis length in 2-D: both axes of the plane sit in one (64, 64) tile
+MAX_LEN_1D = 128  # largest length in 1-D: one (128, 128) Toeplitz tile
+ROWS_1D = 16  # batch rows per program in 1-D
+
+
+def fits(u: Tensor, ks: Sequence[Tensor], layout: str) -> bool:
+    """True when the fused kernels take these shapes (1-D up to 128, 2-D up to 64 per axis; no 3-D)."""
+    spatial = [k.shape[-1] // 2 + 1 for k in ks]
+    if u.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if len(spatial) == 1:
+        return spatial[0] <= MAX_LEN_1D
+    return len(spatial) == 2 and max(spatial) <= MAX_TILE_2D
+
+
+def _tile(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+@triton.jit
+def _toeplitz_tile(k_ptr, rows, cols, length, TRANSPOSE: tl.constexpr):
+    """(len(rows), len(cols)) tile of T[p, q] = k[L-1+p-q] (TRANSPOSE: of T^T), zero outside L x L."""
+    if TRANSPOSE:
+        idx = length - 1 + cols[None, :] - rows[:, None]
+    else:
+        idx = length - 1 + rows[:, None] - cols[None, :]
+    mask = (rows[:, None] < length) & (cols[None, :] < length)
+    return tl.load(k_ptr + idx, mask=mask, other=0.0)
+
+
+@triton.jit
+def _separable_conv_fwd_kernel(
+        x_ptr, k1_ptr, k2_ptr, d_ptr, y_ptr,
+        H, C, R, L1, L2,
+        sx_n, sx_h, sx_r, sx_w, sy_n, sy_h, sy_r, sy_w,
+        CONV1: tl.constexpr, HAS_D: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, PRECISION: tl.constexpr):
+    """Y[n, c*H + h, r, w] for one (n, h) and a block of BR rows r (rows are axis 1, or the batch in 1-D)."""
+    pid = tl.program_id(0)
+    n, h = pid // H, pid % H
+    rows = tl.program_id(1) * BR + tl.arange(0, BR)
+    cols = tl.arange(0, BW)
+    mask = (rows[:, None] < R) & (cols[None, :] < L2)
+    x = tl.load(x_ptr + n * sx_n + h * sx_h + rows[:, None] * sx_r + cols[None, :] * sx_w, mask=mask, other=0.0)
+    dt = x.dtype
+    for c in range(C):
+        t2t = _toeplitz_tile(k2_ptr + (c * H + h) * (2 * L2 - 1), cols, cols, L2, True)
+        z = tl.dot(x, t2t.to(dt), input_precision=PRECISION)
+        if CONV1:
+            t1 = _toeplitz_tile(k1_ptr + (c * H + h) * (2 * L1 - 1), rows, rows, L1, False)
+            z = tl.dot(t1.to(dt), z.to(dt), input_precision=PRECISION)
+        if HAS_D:
+            z += tl.load(d_ptr + c * H + h) * x.to(tl.float32)
+        y_off = n * sy_n + (c * H + h) * sy_h + rows[:, None] * sy_r + cols[None, :] * sy_w
+        tl.store(y_ptr + y_off, z.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _separable_conv_bwd_dx_kernel(
+        dy_ptr, k1_ptr, k2_ptr, d_ptr, dx_ptr,
+        H, C, R, L1, L2,
+        sg_n, sg_h, sg_r, sg_w, sx_n, sx_h, sx_r, sx_w,
+        CONV1: tl.constexpr, HAS_D: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, PRECISION: tl.constexpr):
+    """dX[n, h] = sum_c T_1^T dY[n, c*H + h] T_2 + D[c, h] dY[n, c*H + h], for a block of rows."""
+    pid = tl.program_id(0)
+    n, h = pid // H, pid % H
+    rows = tl.program_id(1) * BR + tl.arange(0, BR)
+    cols = tl.arange(0, BW)
+    mask = (rows[:, None] < R) & (cols[None, :] < L2)
+    acc = tl.zeros((BR, BW), dtype=tl.float32)
+    for c in range(C):
+        g = tl.load(dy_ptr + n * sg_n + (c * H + h) * sg_h + rows[:, None] * sg_r + cols[None, :] * sg_w,
+                    mask=mask, other=0.0)
+        dt = g.dtype
+        t2 = _toeplitz_tile(k2_ptr + (c * H + h) * (2 * L2 - 1), cols, cols, L2, False)
+        z = tl.dot(g, t2.to(dt), input_precision=PRECISION)
+        if CONV1:
+            t1t = _toeplitz_tile(k1_ptr + (c * H + h) * (2 * L1 - 1), rows, rows, L1, True)
+            z = tl.dot(t1t.to(dt), z.to(dt), input_precision=PRECISION)
+        if HAS_D:
+            z += tl.load(d_ptr + c * H + h) * g.to(tl.float32)
+        acc += z
+    x_off = n * sx_n + h * sx_h + rows[:, None] * sx_r + cols[None, :] * sx_w
+    tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _scatter_diagonals(dk_ptr, dt, rows, cols, length):
+    """dk[L-1+p-q] += dT[p, q] for p, q < L (the Toeplitz gradient reduced to its taps)."""
+    mask = (rows[:, None] < length) & (cols[None, :] < length)
+    tl.atomic_add(dk_ptr + length - 1 + rows[:, None] - cols[None, :], dt, mask=mask)
+
+
+@triton.jit
+def _separable_conv_bwd_dk_kernel(
+        x_ptr, dy_ptr, k1_ptr, k2_ptr, dk1_ptr, dk2_ptr, dd_ptr,
+        H, N, R, L1, L2, N_PER_PROG,
+        sx_n, sx_h, sx_r, sx_w, sg_n, sg_h, sg_r, sg_w,
+        CONV1: tl.constexpr, HAS_D: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, PRECISION: tl.constexpr):
+    """Kernel and D gradients of output channel (c, h), summed over N_PER_PROG outer indices n and BR rows."""
+    ch = tl.program_id(0)
+    h = ch % H
+    rows = tl.program_id(2) * BR + tl.arange(0, BR)
+    cols = tl.arange(0, BW)
+    mask = (rows[:, None] < R) & (cols[None, :] < L2)
+    t2t = _toeplitz_tile(k2_ptr + ch * (2 * L2 - 1), cols, cols, L2, True)
+    if CONV1:
+        t1 = _toeplitz_tile(k1_ptr + ch * (2 * L1 - 1), rows, rows, L1, False)
+    else:
+        t1 = tl.zeros((BR, BR), dtype=tl.float32)
+    dt1 = tl.zeros((BR, BR), dtype=tl.float32)
+    dt2 = tl.zeros((BW, BW), dtype=tl.float32)
+    dd = tl.zeros((BR, BW), dtype=tl.float32)
+    n_start = tl.program_id(1) * N_PER_PROG
+    for n in range(n_start, tl.minimum(n_start + N_PER_PROG, N)):
+        x = tl.load(x_ptr + n * sx_n + h * sx_h + rows[:, None] * sx_r + cols[None, :] * sx_w, mask=mask, other=0.0)
+        g = tl.load(dy_ptr + n * sg_n + ch * sg_h + rows[:, None] * sg_r + cols[None, :] * sg_w, mask=mask, other=0.0)
+        dt = x.dtype
+        g = g.to(dt)
+        if CONV1:
+            z = tl.dot(x, t2t.to(dt), input_precision=PRECISION)  # X T_2^T
+            dt1 += tl.dot(g, tl.trans(z.to(dt)), input_precision=PRECISION)
+            w = tl.dot(t1.to(dt), x, input_precision=PRECISION).to(dt)  # T_1 X
+        else:
+            w = x
+        dt2 += tl.dot(tl.trans(g), w, input_precision=PRECISION)
+        if HAS_D:
+            dd += g.to(tl.float32) * x.to(tl.float32)
+    _scatter_diagonals(dk2_ptr + ch * (2 * L2 - 1), dt2, cols, cols, L2)
+    if CONV1:
+        _scatter_diagonals(dk1_ptr + ch * (2 * L1 - 1), dt1, rows, rows, L1)
+    if HAS_D:
+        tl.atomic_add(dd_ptr + ch, tl.sum(tl.sum(dd, axis=1), axis=0))
+
+
+def _views(u: Tensor, layout: str, d: int) -> Tuple[Tensor, int, int, int, int, int]:
+    """Logical channels-first view of u (a view, never a copy) and the launch geometry.
+
+    Returns (view, N, R, L1, L2, BR): 2-D: N = B outer indices, R = L1 rows; 1-D: N = 1 and the B batch
+    elements are the rows (L1 = 1 unused).
+    """
+    v = u if layout == 'channels_first' else u.movedim(-1, 1)
+    if d == 2:
+        return v, v.shape[0], v.shape[2], v.shape[2], v.shape[3], _tile(v.shape[2])
+    return v, 1, v.shape[0], 1, v.shape[2], ROWS_1D
+
+
+def _strides(v: Tensor, d: int) -> Tuple[int, int, int, int]:
+    """(n, h, row, col) element strides of a logical channels-first view."""
+    if d == 2:
+        return v.stride(0), v.stride(1), v.stride(2), v.stride(3)
+    return 0, v.stride(1), v.stride(0), v.stride(2)
+
+
+def _empty(shape_cf: Sequence[int], layout: str, like: Tensor) -> Tensor:
+    """New tensor of logical channels-first shape, stored in `layout`; returns its channels-first view."""
+    if layout == 'channels_first':
+        return like.new_empty(shape_cf)
+    return like.new_empty((shape_cf[0],) + tuple(shape_cf[2:]) + (shape_cf[1],)).movedim(-1, 1)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """float32: exact float32 products (no TF32); bf16/fp16: tensor cores (the setting is ignored)."""
+    return 'ieee' if dtype == torch.float32 else 'tf32'
+
+
+def _kernels(ks: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+    """(k_1, k_2) float32 contiguous; in 1-D k_1 is a placeholder (axis 1 is the batch, not convolved)."""
+    kf = [k.float().contiguous() for k in ks]
+    return (kf[0], kf[1]) if len(kf) == 2 else (kf[0], kf[0])
+
+
+def _separable_conv_fwd(u: Tensor, ks: Sequence[Tensor], D: Optional[Tensor], layout: str) -> Tensor:
+    d = len(ks)
+    c, H = ks[0].shape[:2]
+    v, N, R, L1, L2, BR = _views(u, layout, d)
+    k1, k2 = _kernels(ks)
+    y = _empty((v.shape[0], c * H) + tuple(v.shape[2:]), layout, u)
+    dd = D.float().contiguous() if D is not None else k2
+    grid = (N * H, triton.cdiv(R, BR))
+    _separable_conv_fwd_kernel[grid](
+        v, k1, k2, dd, y, H, c, R, L1, L2, *_strides(v, d), *_strides(y, d),
+        CONV1=d == 2, HAS_D=D is not None, BR=BR, BW=_tile(L2), PRECISION=_precision(u.dtype))
+    return y if layout == 'channels_first' else y.movedim(1, -1)
+
+
+def _separable_conv_bwd(
+        g: Tensor, u: Tensor, ks: Sequence[Tensor], D: Optional[Tensor], layout: str
+) -> Tuple[Tensor, Sequence[Tensor], Optional[Tensor]]:
+    d = len(ks)
+    c, H = ks[0].shape[:2]
+    v, N, R, L1, L2, BR = _views(u, layout, d)
+    gv = g if layout == 'channels_first' else g.movedim(-1, 1)
+    k1, k2 = _kernels(ks)
+    dd_in = D.float().contiguous() if D is not None else k2
+    dx = _empty(tuple(v.shape), layout, u)
+    common = dict(CONV1=d == 2, HAS_D=D is not None, BR=BR, BW=_tile(L2), PRECISION=_precision(u.dtype))
+    _separable_conv_bwd_dx_kernel[(N * H, triton.cdiv(R, BR))](
+        gv, k1, k2, dd_in, dx, H, c, R, L1, L2, *_strides(gv, d), *_strides(dx, d), **common)
+    dk1, dk2 = torch.zeros_like(k1), torch.zeros_like(k2)
+    dD = torch.zeros(c, H, device=u.device, dtype=torch.float32)
+    n_per_prog = max(1, triton.cdiv(N, 16))  # up to 16 programs per channel along the batch
+    grid = (c * H, triton.cdiv(N, n_per_prog), triton.cdiv(R, BR))
+    _separable_conv_bwd_dk_kernel[grid](
+        v, gv, k1, k2, dk1, dk2, dD, H, N, R, L1, L2, n_per_prog, *_strides(v, d), *_strides(gv, d), **common)
+    dks = [dk1.to(ks[0].dtype), dk2.to(ks[1].dtype)] if d == 2 else [dk2.to(ks[0].dtype)]
+    return (dx if layout == 'channels_first' else dx.movedim(1, -1)), dks, (dD.to(D.dtype) if D is not None else None)
+
+
+@torch.library.custom_op('s4nd_timm::separable_conv_triton_fwd', mutates_args=())
+def _fwd_op(u: Tensor, ks: Sequence[Tensor], D: Optional[Tensor], layout: str) -> Tensor:
+    return _separable_conv_fwd(u, ks, D, layout)
+
+
+@_fwd_op.register_fake
+def _(u, ks, D, layout):
+    c, H = ks[0].shape[:2]
+    shape = (u.shape[0], c * H) + tuple(u.shape[2:]) if layout == 'channels_first' else tuple(u.shape[:-1]) + (c * H,)
+    return u.new_empty(shape)
+
+
+@torch.library.custom_op('s4nd_timm::separable_conv_triton_bwd', mutates_args=())
+def _bwd_op(
+        g: Tensor, u: Tensor, ks: Sequence[Tensor], D: Optional[Tensor], layout: str
+) -> Tuple[Tensor, list[Tensor], Tensor]:
+    dx, dks, dD = _separable_conv_bwd(g, u, ks, D, layout)  # any strides, expanded gradients included
+    return dx, dks, (dD if dD is not None else u.new_zeros(()))
+
+
+@_bwd_op.register_fake
+def _(g, u, ks, D, layout):
+    dD = D.new_empty(D.shape) if D is not None else u.new_empty(())
+    return u.new_empty(u.shape), [k.new_empty(k.shape) for k in ks], dD
+
+
+def _setup_context(ctx, inputs, output):
+    u, ks, D, layout = inputs
+    ctx.save_for_backward(u, D, *ks)
+    ctx.layout, ctx.has_d = layout, D is not None
+
+
+def _backward(ctx, g):
+    u, D, *ks = ctx.saved_tensors
+    dx, dks, dD = _bwd_op(g, u, ks, D if ctx.has_d else None, ctx.layout)
+    return dx, dks, (dD if ctx.has_d else None), None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def separable_conv_triton(
+        u: Tensor, ks: Sequence[Tensor], D: Optional[Tensor] = None, layout: str = 'channels_first') -> Tensor:
+    """Fused separable convolution (Triton), forward and backward; a torch custom op (torch.compile-safe).
+
+    Args:
+        u: (B, H, *spatial) for layout='channels_first', (B, *spatial, H) for 'channels_last'; d = 1 or 2
+            (``fits``: L <= 128 in 1-D, L_i <= 64 in 2-D); float32, bfloat16 or float16.
+        ks: d tensors, ks[i]: (c, H, 2 * L_i - 1), two-sided, index L_i - 1 = offset 0.
+        D: (c, H) skip term, or None.
+        layout: 'channels_first' or 'channels_last', read and written in place (no permute copies).
+    Returns:
+        (B, c * H, *spatial) or (B, *spatial, c * H), channel index c * H + h, dtype of u. Gradients:
+        input in u's dtype, kernels and D reduced over the batch in float32, returned in their dtype.
+    """
+    check_conv_args(u, ks, D, layout)
+    if not fits(u, ks, layout):
+        raise ValueError(
+            f"backend='triton' supports float32/bf16/fp16 1-D inputs with L <= {MAX_LEN_1D} and 2-D inputs with "
+            f"both axes <= {MAX_TILE_2D}; got {u.dtype} input of shape {tuple(u.shape)} ({layout}). "
+            "Use backend='auto', 'matmul' or 'fft'.")
+    return _fwd_op(u, list(ks), D, layout)

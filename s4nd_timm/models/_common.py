@@ -1,0 +1,82 @@
+"""Pieces shared by the S4ND model families: S4ND argument bundle, model-wide S4ND settings.
+
+Every model passes the same SSM settings to each of its S4ND layers (spec §7: one kernel family,
+init, d_state and Δ range per model). ``s4nd_layer_args`` validates them once and returns the
+keyword bundle the model files hand to ``S4ND``; ``S4NDModelMixin`` gives every model the same
+knobs on a built model: ``s4nd_resolution``, ``s4nd_backend`` and a ``no_weight_decay`` that
+lists the SSM tensors (the layer marks them, spec §3 "Optimizer hooks").
+"""
+from typing import Dict, Iterator, Optional, Set
+
+from s4nd_timm.layers import S4ND
+
+__all__ = ['RESOLUTION_MODES', 's4nd_layer_args', 'S4NDModelMixin']
+
+RESOLUTION_MODES = ('continuous', 'discrete')
+
+
+def s4nd_layer_args(
+        d_state: int,
+        dt_min: float,
+        dt_max: float,
+        bandlimit: Optional[float],
+        ssm_lr: Optional[float],
+        mode: str,
+        init: str,
+        backend: str,
+        resolution: str,
+) -> Dict:
+    """Keyword arguments shared by every S4ND of one model (the per-site ones, dim, ndim, l_max,
+    activation, postact, layout, are added where the layer is built)."""
+    if resolution not in RESOLUTION_MODES:
+        raise ValueError(f"s4nd_resolution={resolution!r} is not supported; expected one of {RESOLUTION_MODES}")
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max; got dt_min={dt_min}, dt_max={dt_max}")
+    return dict(
+        d_state=d_state, dt_min=dt_min, dt_max=dt_max, bandlimit=bandlimit, ssm_lr=ssm_lr,
+        mode=mode, init=init, backend=backend, resolution=resolution)
+
+
+class S4NDModelMixin:
+    """Model-wide S4ND settings, for nn.Module subclasses that hold S4ND layers.
+
+    ``s4nd_resolution``: 'continuous' (an input of another size is the same signal resampled:
+    kernels keep their extent, spec §5) or 'discrete' (kernels stay in pixels); settable on a built
+    model. ``s4nd_backend``: the convolution path of every S4ND ('auto', 'fft', 'matmul', 'triton');
+    'matmul' is the one torch.export and ONNX export trace.
+    """
+
+    def s4nd_layers(self) -> Iterator[S4ND]:
+        """Every S4ND layer of the model, in module order."""
+        return (m for m in self.modules() if isinstance(m, S4ND))
+
+    @property
+    def s4nd_resolution(self) -> str:
+        return self._s4nd_resolution
+
+    @s4nd_resolution.setter
+    def s4nd_resolution(self, value: str) -> None:
+        if value not in RESOLUTION_MODES:
+            raise ValueError(f"s4nd_resolution={value!r} is not supported; expected one of {RESOLUTION_MODES}")
+        self._s4nd_resolution = value
+        for layer in self.s4nd_layers():
+            layer.resolution = value
+
+    @property
+    def s4nd_backend(self) -> str:
+        backends = {layer.backend for layer in self.s4nd_layers()}
+        return backends.pop() if len(backends) == 1 else 'mixed'
+
+    @s4nd_backend.setter
+    def s4nd_backend(self, value: str) -> None:
+        for layer in self.s4nd_layers():
+            layer.backend = value
+
+    def no_weight_decay(self) -> Set[str]:
+        """Names of the SSM tensors (Δ, A, B and DPLR's P): no weight decay, as in the reference.
+
+        The layer marks them with ``p._optim['weight_decay'] == 0``; C, D and projections decay.
+        """
+        return {
+            name for name, p in self.named_parameters()
+            if getattr(p, '_optim', {}).get('weight_decay', None) == 0.0}

@@ -1,0 +1,221 @@
+"""ViT-S4ND: Vision Transformer with a 1-D S4ND over the patch sequence in place of attention.
+
+Paper: "S4ND: Modeling Images and Videos as Multidimensional Signals Using State Spaces",
+Nguyen et al., NeurIPS 2022 (arXiv 2210.06583); ViT: Dosovitskiy et al., ICLR 2021 (arXiv 2010.11929).
+Origin: written from s4nd-spec.md §7.3 (reference: state-spaces/s4 ViT-S4ND config); the trunk is
+timm's ``VisionTransformer`` with ``S4NDViTBlock`` as its ``block_fn``.
+
+Architecture (spec §7.3): 16x16 patch embedding -> depth x [pre-LN -> S4ND -> drop path -> residual;
+pre-LN -> MLP -> drop path -> residual] -> LayerNorm -> mean pool -> Linear. No class token, no position
+embedding: the S4ND is 1-D over the row-major patch sequence (l_max = number of patches at ``img_size``),
+bidirectional, channels=2, GELU -> Linear(2D -> 2D) -> GLU, d_state 64, Δ in [0.001, 0.1].
+
+Changes from the reference: one axis kernel (the reference builds a second, unused ``kernel.1``);
+any input size whose sides are multiples of the patch (``dynamic_img_pad=True`` pads other sizes): the
+sequence is then longer or shorter than l_max, read at rate l_max / L in continuous mode.
+
+Module names (spec §8 reference -> here), for the checkpoint converter:
+    patch_embed.proj                        -> patch_embed.proj
+    blocks.{2i}.norm.norm                   -> blocks.i.norm1
+    blocks.{2i}.layer.{D,kernel.0.*,output_linear.0.*}
+                                            -> blocks.i.mixer.{D,kernel.0.*,output_linear.*} (kernel.1: drop)
+    blocks.{2i+1}.norm.norm                 -> blocks.i.norm2
+    blocks.{2i+1}.layer.ff.0.0 / ff.2       -> blocks.i.mlp.fc1 / mlp.fc2
+    norm.norm, head                         -> norm, head
+"""
+from functools import partial
+from typing import Dict, Optional, Type
+
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, LayerScale, Mlp
+from timm.models import generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor
+
+from s4nd_timm.hub import build_s4nd_model
+from s4nd_timm.layers import S4ND
+
+from ._common import S4NDModelMixin, s4nd_layer_args
+
+__all__ = ['S4NDVisionTransformer', 'S4NDViTBlock', 'checkpoint_filter_fn']
+
+# Kernel family and init of every S4ND here: what the reference's configs ran (spec §6).
+_DEFAULT_MODE = 'dplr'
+_DEFAULT_INIT = 'legs'
+
+
+class S4NDViTBlock(nn.Module):
+    """Pre-norm ViT block with S4ND as the token mixer. (B, N, C) -> (B, N, C).
+
+    Args:
+        dim: C.
+        mlp_ratio: MLP hidden width / dim.
+        proj_drop: MLP dropout.
+        init_values: layer-scale init (None: off).
+        drop_path: stochastic depth probability.
+        act_layer, norm_layer, mlp_layer: as in timm's ``Block``.
+        l_max: base sequence length (patches at the model's img_size).
+        channels: S4ND channels per feature.
+        s4nd_args: the model's S4ND settings (``s4nd_layer_args``).
+        **attention_args: what timm's VisionTransformer passes to attention blocks (num_heads, qkv_bias,
+            attn_drop, attn_layer, depth, device, dtype, ... depending on the timm version); S4ND has no use
+            for them.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            mlp_ratio: float = 4.0,
+            proj_drop: float = 0.0,
+            init_values: Optional[float] = None,
+            drop_path: float = 0.0,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            mlp_layer: Type[nn.Module] = Mlp,
+            l_max: int = 196,
+            channels: int = 2,
+            s4nd_args: Optional[Dict] = None,
+            **attention_args,
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.mixer = S4ND(
+            dim, ndim=1, l_max=l_max, channels=channels, activation='gelu', postact='glu',
+            layout='channels_last', **s4nd_args)
+        self.ls1 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.ls2 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path1(self.ls1(self.mixer(self.norm1(x))))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class S4NDVisionTransformer(S4NDModelMixin, VisionTransformer):
+    """timm VisionTransformer with S4ND token mixing, no class token, no position embedding, mean pool.
+
+    Input (B, in_chans, H, W) with H, W multiples of ``patch_size`` (any, with ``dynamic_img_pad=True``);
+    ``forward_features`` returns (B, N, embed_dim) tokens, N = (H / p)(W / p).
+
+    Args:
+        img_size: base image size (sets l_max = number of patches).
+        patch_size, in_chans, num_classes, embed_dim, depth, mlp_ratio, init_values, drop_rate,
+        proj_drop_rate, drop_path_rate, dynamic_img_pad, weight_init: as in timm's VisionTransformer.
+        global_pool: 'avg' (the reference), 'max', 'avgmax' or ''.
+        s4nd_channels: S4ND channels per feature (the reference: 2).
+        d_state, dt_min, dt_max, bandlimit, ssm_lr: SSM settings of every S4ND (spec §3, §4).
+        s4nd_mode, s4nd_init: S4ND kernel family and init.
+        s4nd_backend: convolution path ('auto', 'fft', 'matmul', 'triton'); settable later.
+        s4nd_resolution: 'continuous' or 'discrete'; settable later.
+    """
+
+    def __init__(
+            self,
+            img_size: int = 224,
+            patch_size: int = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 768,
+            depth: int = 12,
+            mlp_ratio: float = 4.0,
+            init_values: Optional[float] = None,
+            drop_rate: float = 0.0,
+            proj_drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            dynamic_img_pad: bool = False,
+            weight_init: str = '',
+            s4nd_channels: int = 2,
+            d_state: int = 64,
+            dt_min: float = 0.001,
+            dt_max: float = 0.1,
+            bandlimit: Optional[float] = None,
+            ssm_lr: Optional[float] = 1e-3,
+            s4nd_mode: str = _DEFAULT_MODE,
+            s4nd_init: str = _DEFAULT_INIT,
+            s4nd_backend: str = 'auto',
+            s4nd_resolution: str = 'continuous',
+    ):
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be >= 1; got {in_chans}")
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if size[0] % patch_size or size[1] % patch_size:
+            raise ValueError(f"img_size {size} must be a multiple of patch_size={patch_size} (it sets l_max)")
+        l_max = (size[0] // patch_size) * (size[1] // patch_size)
+        s4nd_args = s4nd_layer_args(
+            d_state, dt_min, dt_max, bandlimit, ssm_lr, s4nd_mode, s4nd_init, s4nd_backend, s4nd_resolution)
+        super().__init__(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            global_pool=global_pool, embed_dim=embed_dim, depth=depth, mlp_ratio=mlp_ratio, init_values=init_values,
+            class_token=False, pos_embed='none', fc_norm=False, dynamic_img_size=True, dynamic_img_pad=dynamic_img_pad,
+            drop_rate=drop_rate, proj_drop_rate=proj_drop_rate, drop_path_rate=drop_path_rate, weight_init=weight_init,
+            block_fn=partial(S4NDViTBlock, l_max=l_max, channels=s4nd_channels, s4nd_args=s4nd_args))
+        self.in_chans = in_chans
+        self._s4nd_resolution = s4nd_resolution
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: S4NDVisionTransformer) -> Dict[str, Tensor]:
+    """Our checkpoints load as they are; reference (state-spaces/s4) checkpoints are refused with a
+    pointer to the converter."""
+    for key in ('state_dict', 'model'):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            state_dict = state_dict[key]
+    if any(k.startswith('model.') or '.layer.' in k or k.startswith('norm.norm.') for k in state_dict):
+        raise ValueError(
+            "this looks like a state-spaces/s4 reference checkpoint (keys 'model.*', 'blocks.*.layer.*'); "
+            "convert it first with s4nd_timm.convert (python -m s4nd_timm.convert --help).")
+    return state_dict
+
+
+def _create_s4nd_vit(variant: str, pretrained: bool = False, **kwargs) -> S4NDVisionTransformer:
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_s4nd_model(
+        S4NDVisionTransformer, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs)
+
+
+def _cfg(**kwargs) -> Dict:
+    return {
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': False,
+        'test_input_size': (3, 224, 224), 'crop_pct': 0.9, 'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2210.06583',
+        'paper_name': 'S4ND: Modeling Images and Videos as Multidimensional Signals Using State Spaces',
+        'origin_url': 'https://github.com/state-spaces/s4',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    's4nd_vit_tiny_patch16.in1k': _cfg(hf_hub_id='s4nd-timm/s4nd_vit_tiny_patch16.in1k'),
+    's4nd_vit_small_patch16.in1k': _cfg(hf_hub_id='s4nd-timm/s4nd_vit_small_patch16.in1k'),
+    's4nd_vit_base_patch16.in1k': _cfg(hf_hub_id='s4nd-timm/s4nd_vit_base_patch16.in1k'),
+})
+
+
+@register_model
+def s4nd_vit_tiny_patch16(pretrained: bool = False, **kwargs) -> S4NDVisionTransformer:
+    """ViT-Ti/16 with a 1-D S4ND over the patch sequence in place of attention."""
+    model_args = dict(patch_size=16, embed_dim=192, depth=12)
+    return _create_s4nd_vit('s4nd_vit_tiny_patch16', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def s4nd_vit_small_patch16(pretrained: bool = False, **kwargs) -> S4NDVisionTransformer:
+    """ViT-S/16 with a 1-D S4ND over the patch sequence in place of attention."""
+    model_args = dict(patch_size=16, embed_dim=384, depth=12)
+    return _create_s4nd_vit('s4nd_vit_small_patch16', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def s4nd_vit_base_patch16(pretrained: bool = False, **kwargs) -> S4NDVisionTransformer:
+    """ViT-B/16 with a 1-D S4ND over the patch sequence in place of attention (the paper's ViT-S4ND-B)."""
+    model_args = dict(patch_size=16, embed_dim=768, depth=12)
+    return _create_s4nd_vit('s4nd_vit_base_patch16', pretrained=pretrained, **dict(model_args, **kwargs))
