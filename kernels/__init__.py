@@ -33,6 +33,7 @@ __all__ = [
     'separable_conv_ref',
     'toeplitz',
     'triton_interpret',
+    'triton_usable',
 ]
 
 BACKENDS = ('auto', 'fft', 'matmul', 'triton')
@@ -68,20 +69,25 @@ def _triton_impl():
 
 
 def axis_kernels_triton(layer, lengths: Sequence[int], rate=None) -> List[Tensor]:
-    """``layer.axis_kernels(lengths, rate)`` computed by one Triton launch (``ssm_kernel_gen_triton``); diag
-    mode, float32, CUDA (or CPU with TRITON_INTERPRET=1). Not yet used by the layer: see docs/benchmarks.md."""
+    """``layer.axis_kernels(lengths, rate)`` computed by one Triton launch (``ssm_kernel_gen_triton``, a torch
+    custom op with its backward); diag mode, float32, CUDA (or CPU with TRITON_INTERPRET=1). ``S4ND.axis_kernels``
+    calls it when the layer's effective backend is 'triton'."""
     if not HAS_TRITON:
         raise RuntimeError("axis_kernels_triton needs Triton; use layer.axis_kernels (the torch path).")
     from . import ssm_kernel_gen_triton
     return ssm_kernel_gen_triton.axis_kernels_triton(layer, lengths, rate)
 
 
-def _triton_usable(u: Tensor) -> bool:
-    return HAS_TRITON and (u.device.type == 'cuda' or (triton_interpret() and u.device.type == 'cpu'))
+def triton_usable(t: Tensor) -> bool:
+    """True when Triton kernels can run on t's device: CUDA, or CPU with TRITON_INTERPRET=1 (tests)."""
+    return HAS_TRITON and (t.device.type == 'cuda' or (triton_interpret() and t.device.type == 'cpu'))
 
 
-def select_backend(u: Tensor, ks: Sequence[Tensor], layout: str = 'channels_first') -> str:
+def select_backend(u: Tensor, ks: Sequence, layout: str = 'channels_first') -> str:
     """The path 'auto' takes for these arguments: 'triton', 'matmul' or 'fft'.
+
+    ``ks`` may be the kernels (c, H, 2 L_i - 1) or just their shapes (only shapes are read), so a layer can
+    choose the path, and with it the kernel generator, before generating the kernels.
 
     CUDA: Triton when ``AUTO_USES_TRITON`` and the fused kernel supports the shapes
     (``separable_conv_triton.fits``), else matmul while every axis is at most ``CUDA_MATMUL_MAX_LEN``
@@ -89,8 +95,9 @@ def select_backend(u: Tensor, ks: Sequence[Tensor], layout: str = 'channels_firs
     devices): the cheaper path under the measured cost model ``CPU_COST``. Matmul never when the
     Toeplitz matrices exceed ``MATMUL_MAX_TOEPLITZ`` elements.
     """
-    spatial = [k.shape[-1] // 2 + 1 for k in ks]
-    kernels = ks[0].shape[0] * ks[0].shape[1]  # c * H
+    ks = [tuple(getattr(k, 'shape', k)) for k in ks]
+    spatial = [k[-1] // 2 + 1 for k in ks]
+    kernels = ks[0][0] * ks[0][1]  # c * H
     if kernels * sum(n * n for n in spatial) > MATMUL_MAX_TOEPLITZ:
         return 'fft'
     if u.device.type == 'cuda':
@@ -128,7 +135,7 @@ def separable_conv(
     if backend == 'matmul':
         return separable_conv_matmul(u, ks, D, layout=layout)
     if backend == 'triton':
-        if not _triton_usable(u):
+        if not triton_usable(u):
             raise RuntimeError(
                 f"backend='triton' runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1, for tests); "
                 f"got a {u.device.type} tensor{'' if HAS_TRITON else ' and Triton is not installed'}. "

@@ -1,24 +1,28 @@
-"""Fused separable convolution in Triton: forward and backward for 1-D and 2-D inputs, both layouts.
+"""Fused separable convolution in Triton: forward and backward for 1-D, 2-D and 3-D inputs, both layouts.
 
 Same operation and kernel convention as ``separable_conv_ref`` (separable_conv.py). Loaded lazily by
 ``kernels/__init__.py`` (never import it directly: TRITON_INTERPRET must be read before this module
-is imported). Every kernel works on the logical channels-first view (B, C, L_1, L_2) through strides,
+is imported). Every kernel works on the logical channels-first view (B, C, [T,] L_1, L_2) through strides,
 so channels-last tensors are read and written in place, without permute copies.
 
-A program owns one (b, h) plane (2-D) or a block of batch rows of one channel h (1-D, where the
-batch plays the role of axis 1 and no convolution is applied along it). Per output channel c it builds
-the per-axis Toeplitz tiles T_i[p, q] = k_i[c, h, L_i - 1 + p - q] on chip from the two-sided taps
+A program owns one (b, h) plane (2-D), one (b, h, t) plane (3-D) or a block of batch rows of one channel h
+(1-D, where the batch plays the role of axis 1 and no convolution is applied along it). Per output channel c
+it builds the per-axis Toeplitz tiles T_i[p, q] = k_i[c, h, L_i - 1 + p - q] on chip from the two-sided taps
 (gathered loads, never written to memory) and computes
     forward:   Y_c = T_1 X T_2^T + D_c X                       (written once, every c)
     backward:  dX  = sum_c T_1^T dY_c T_2 + D_c dY_c             (one kernel, written once)
                dT_1 = sum_b dY_c (X T_2^T)^T, dT_2 = sum_b dY_c^T (T_1 X), dD_c = sum_b <dY_c, X>
                (second kernel; each Toeplitz gradient is reduced to its taps, k_i[L_i-1+j] += sum of
                diagonal j, with atomic adds into a float32 buffer).
+3-D (T, L_1, L_2): the T axis is mixed first with scalar taps, A_c[t] = sum_s k_0[c, h, T-1+t-s] X[s] (float32,
+T plane loads from cache per output plane), then Y_c[t] = T_1 A_c[t] T_2^T + D_c X[t]; the backward mixes dY
+with the transposed taps the same way, uses A_c[t] for X in dT_1, dT_2, and adds
+dk_0[T-1+t-s] += <T_1^T dY_c[t] T_2, X[s]>.
 tl.dot multiplies in the input dtype (bf16/fp16 tensor cores, float32 accumulation); float32 inputs
 use input_precision='ieee' (no TF32), so results match the torch paths to float32 rounding.
 Tiles are padded to powers of two >= 16; ``fits`` says which shapes the kernels take.
 """
-from typing import Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -29,19 +33,21 @@ from .separable_conv import check_conv_args
 
 __all__ = ['fits', 'separable_conv_triton']
 
-MAX_TILE_2D = 64  # largest axis length in 2-D: both axes of the plane sit in one (64, 64) tile
+MAX_TILE_2D = 64  # largest in-plane axis length in 2-D and 3-D: the (L_1, L_2) plane sits in one (64, 64) tile
+MAX_LEN_T = 64  # largest leading axis length in 3-D (T planes mixed with scalar taps; T^2 plane loads per channel)
 MAX_LEN_1D = 128  # largest length in 1-D: one (128, 128) Toeplitz tile
 ROWS_1D = 16  # batch rows per program in 1-D
 
 
-def fits(u: Tensor, ks: Sequence[Tensor], layout: str) -> bool:
-    """True when the fused kernels take these shapes (1-D up to 128, 2-D up to 64 per axis; no 3-D)."""
-    spatial = [k.shape[-1] // 2 + 1 for k in ks]
+def fits(u: Tensor, ks: Sequence, layout: str) -> bool:
+    """True when the fused kernels take these shapes (1-D up to 128; 2-D and 3-D up to 64 per axis).
+    ks: the kernels (c, H, 2 L_i - 1) or their shapes."""
+    spatial = [tuple(getattr(k, 'shape', k))[-1] // 2 + 1 for k in ks]
     if u.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return False
     if len(spatial) == 1:
         return spatial[0] <= MAX_LEN_1D
-    return len(spatial) == 2 and max(spatial) <= MAX_TILE_2D
+    return max(spatial[-2:]) <= MAX_TILE_2D and (len(spatial) == 2 or spatial[0] <= MAX_LEN_T)
 
 
 def _tile(n: int) -> int:
@@ -60,57 +66,89 @@ def _toeplitz_tile(k_ptr, rows, cols, length, TRANSPOSE: tl.constexpr):
 
 
 @triton.jit
+def _mix_axis0(p_ptr, s_t, offs, mask, k0_ptr, t, T, BR: tl.constexpr, BW: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """sum_s k0[T-1+t-s] P[s] (TRANSPOSE: k0[T-1+s-t]) over the T planes P[s] at p_ptr + s * s_t + offs, float32."""
+    acc = tl.zeros((BR, BW), dtype=tl.float32)
+    for s in range(T):
+        if TRANSPOSE:
+            tap = tl.load(k0_ptr + T - 1 + s - t)
+        else:
+            tap = tl.load(k0_ptr + T - 1 + t - s)
+        acc += tap * tl.load(p_ptr + s * s_t + offs, mask=mask, other=0.0).to(tl.float32)
+    return acc
+
+
+@triton.jit
 def _separable_conv_fwd_kernel(
-        x_ptr, k1_ptr, k2_ptr, d_ptr, y_ptr,
-        H, C, R, L1, L2,
-        sx_n, sx_h, sx_r, sx_w, sy_n, sy_h, sy_r, sy_w,
-        CONV1: tl.constexpr, HAS_D: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, PRECISION: tl.constexpr):
-    """Y[n, c*H + h, r, w] for one (n, h) and a block of BR rows r (rows are axis 1, or the batch in 1-D)."""
+        x_ptr, k0_ptr, k1_ptr, k2_ptr, d_ptr, y_ptr,
+        H, C, T, R, L1, L2,
+        sx_n, sx_h, sx_t, sx_r, sx_w, sy_n, sy_h, sy_t, sy_r, sy_w,
+        CONV0: tl.constexpr, CONV1: tl.constexpr, HAS_D: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr,
+        PRECISION: tl.constexpr):
+    """Y[n, c*H + h, t, r, w] for one (n, h), one t and a block of BR rows r (rows: axis -2, or the batch in 1-D)."""
     pid = tl.program_id(0)
     n, h = pid // H, pid % H
-    rows = tl.program_id(1) * BR + tl.arange(0, BR)
+    n_blocks = tl.cdiv(R, BR)
+    t, block = tl.program_id(1) // n_blocks, tl.program_id(1) % n_blocks
+    rows = block * BR + tl.arange(0, BR)
     cols = tl.arange(0, BW)
     mask = (rows[:, None] < R) & (cols[None, :] < L2)
-    x = tl.load(x_ptr + n * sx_n + h * sx_h + rows[:, None] * sx_r + cols[None, :] * sx_w, mask=mask, other=0.0)
+    x_offs = rows[:, None] * sx_r + cols[None, :] * sx_w
+    x_base = x_ptr + n * sx_n + h * sx_h
+    x = tl.load(x_base + t * sx_t + x_offs, mask=mask, other=0.0)
     dt = x.dtype
     for c in range(C):
+        if CONV0:  # 3-D: mix the T planes first (scalar taps), then the two in-plane Toeplitz products
+            a = _mix_axis0(x_base, sx_t, x_offs, mask, k0_ptr + (c * H + h) * (2 * T - 1), t, T, BR, BW,
+                           False).to(dt)
+        else:
+            a = x
         t2t = _toeplitz_tile(k2_ptr + (c * H + h) * (2 * L2 - 1), cols, cols, L2, True)
-        z = tl.dot(x, t2t.to(dt), input_precision=PRECISION)
+        z = tl.dot(a, t2t.to(dt), input_precision=PRECISION)
         if CONV1:
             t1 = _toeplitz_tile(k1_ptr + (c * H + h) * (2 * L1 - 1), rows, rows, L1, False)
             z = tl.dot(t1.to(dt), z.to(dt), input_precision=PRECISION)
         if HAS_D:
             z += tl.load(d_ptr + c * H + h) * x.to(tl.float32)
-        y_off = n * sy_n + (c * H + h) * sy_h + rows[:, None] * sy_r + cols[None, :] * sy_w
+        y_off = n * sy_n + (c * H + h) * sy_h + t * sy_t + rows[:, None] * sy_r + cols[None, :] * sy_w
         tl.store(y_ptr + y_off, z.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _separable_conv_bwd_dx_kernel(
-        dy_ptr, k1_ptr, k2_ptr, d_ptr, dx_ptr,
-        H, C, R, L1, L2,
-        sg_n, sg_h, sg_r, sg_w, sx_n, sx_h, sx_r, sx_w,
-        CONV1: tl.constexpr, HAS_D: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, PRECISION: tl.constexpr):
-    """dX[n, h] = sum_c T_1^T dY[n, c*H + h] T_2 + D[c, h] dY[n, c*H + h], for a block of rows."""
+        dy_ptr, k0_ptr, k1_ptr, k2_ptr, d_ptr, dx_ptr,
+        H, C, T, R, L1, L2,
+        sg_n, sg_h, sg_t, sg_r, sg_w, sx_n, sx_h, sx_t, sx_r, sx_w,
+        CONV0: tl.constexpr, CONV1: tl.constexpr, HAS_D: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr,
+        PRECISION: tl.constexpr):
+    """dX[n, h, t] = sum_c (T_0^T-mixed dY)[n, c*H + h, t] through T_1^T, T_2 + D[c, h] dY[n, c*H + h, t]."""
     pid = tl.program_id(0)
     n, h = pid // H, pid % H
-    rows = tl.program_id(1) * BR + tl.arange(0, BR)
+    n_blocks = tl.cdiv(R, BR)
+    t, block = tl.program_id(1) // n_blocks, tl.program_id(1) % n_blocks
+    rows = block * BR + tl.arange(0, BR)
     cols = tl.arange(0, BW)
     mask = (rows[:, None] < R) & (cols[None, :] < L2)
+    g_offs = rows[:, None] * sg_r + cols[None, :] * sg_w
     acc = tl.zeros((BR, BW), dtype=tl.float32)
     for c in range(C):
-        g = tl.load(dy_ptr + n * sg_n + (c * H + h) * sg_h + rows[:, None] * sg_r + cols[None, :] * sg_w,
-                    mask=mask, other=0.0)
+        g_base = dy_ptr + n * sg_n + (c * H + h) * sg_h
+        g = tl.load(g_base + t * sg_t + g_offs, mask=mask, other=0.0)
         dt = g.dtype
+        if CONV0:
+            a = _mix_axis0(g_base, sg_t, g_offs, mask, k0_ptr + (c * H + h) * (2 * T - 1), t, T, BR, BW,
+                           True).to(dt)
+        else:
+            a = g
         t2 = _toeplitz_tile(k2_ptr + (c * H + h) * (2 * L2 - 1), cols, cols, L2, False)
-        z = tl.dot(g, t2.to(dt), input_precision=PRECISION)
+        z = tl.dot(a, t2.to(dt), input_precision=PRECISION)
         if CONV1:
             t1t = _toeplitz_tile(k1_ptr + (c * H + h) * (2 * L1 - 1), rows, rows, L1, True)
             z = tl.dot(t1t.to(dt), z.to(dt), input_precision=PRECISION)
         if HAS_D:
             z += tl.load(d_ptr + c * H + h) * g.to(tl.float32)
         acc += z
-    x_off = n * sx_n + h * sx_h + rows[:, None] * sx_r + cols[None, :] * sx_w
+    x_off = n * sx_n + h * sx_h + t * sx_t + rows[:, None] * sx_r + cols[None, :] * sx_w
     tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -123,16 +161,22 @@ def _scatter_diagonals(dk_ptr, dt, rows, cols, length):
 
 @triton.jit
 def _separable_conv_bwd_dk_kernel(
-        x_ptr, dy_ptr, k1_ptr, k2_ptr, dk1_ptr, dk2_ptr, dd_ptr,
-        H, N, R, L1, L2, N_PER_PROG,
-        sx_n, sx_h, sx_r, sx_w, sg_n, sg_h, sg_r, sg_w,
-        CONV1: tl.constexpr, HAS_D: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, PRECISION: tl.constexpr):
-    """Kernel and D gradients of output channel (c, h), summed over N_PER_PROG outer indices n and BR rows."""
+        x_ptr, dy_ptr, k0_ptr, k1_ptr, k2_ptr, dk0_ptr, dk1_ptr, dk2_ptr, dd_ptr,
+        H, N, T, R, L1, L2, N_PER_PROG,
+        sx_n, sx_h, sx_t, sx_r, sx_w, sg_n, sg_h, sg_t, sg_r, sg_w,
+        CONV0: tl.constexpr, CONV1: tl.constexpr, HAS_D: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr,
+        BT: tl.constexpr, PRECISION: tl.constexpr):
+    """Kernel and D gradients of output channel (c, h) from output plane t, summed over N_PER_PROG outer indices n
+    and BR rows. 3-D: with A = T_0-mixed X at t, dT_1 and dT_2 are the 2-D ones with A for X, and
+    dk_0[T-1+t-s] += <T_1^T dY[t] T_2, X[s]> for every s."""
     ch = tl.program_id(0)
     h = ch % H
-    rows = tl.program_id(2) * BR + tl.arange(0, BR)
+    n_blocks = tl.cdiv(R, BR)
+    t, block = tl.program_id(2) // n_blocks, tl.program_id(2) % n_blocks
+    rows = block * BR + tl.arange(0, BR)
     cols = tl.arange(0, BW)
     mask = (rows[:, None] < R) & (cols[None, :] < L2)
+    x_offs = rows[:, None] * sx_r + cols[None, :] * sx_w
     t2t = _toeplitz_tile(k2_ptr + ch * (2 * L2 - 1), cols, cols, L2, True)
     if CONV1:
         t1 = _toeplitz_tile(k1_ptr + ch * (2 * L1 - 1), rows, rows, L1, False)
@@ -141,45 +185,76 @@ def _separable_conv_bwd_dk_kernel(
     dt1 = tl.zeros((BR, BR), dtype=tl.float32)
     dt2 = tl.zeros((BW, BW), dtype=tl.float32)
     dd = tl.zeros((BR, BW), dtype=tl.float32)
+    dt0 = tl.zeros((BT,), dtype=tl.float32)  # dt0[s] = <T_1^T dY[t] T_2, X[s]>, 3-D only
+    planes = tl.arange(0, BT)
     n_start = tl.program_id(1) * N_PER_PROG
     for n in range(n_start, tl.minimum(n_start + N_PER_PROG, N)):
-        x = tl.load(x_ptr + n * sx_n + h * sx_h + rows[:, None] * sx_r + cols[None, :] * sx_w, mask=mask, other=0.0)
-        g = tl.load(dy_ptr + n * sg_n + ch * sg_h + rows[:, None] * sg_r + cols[None, :] * sg_w, mask=mask, other=0.0)
+        x_base = x_ptr + n * sx_n + h * sx_h
+        x = tl.load(x_base + t * sx_t + x_offs, mask=mask, other=0.0)
+        g = tl.load(dy_ptr + n * sg_n + ch * sg_h + t * sg_t + rows[:, None] * sg_r + cols[None, :] * sg_w,
+                    mask=mask, other=0.0)
         dt = x.dtype
         g = g.to(dt)
-        if CONV1:
-            z = tl.dot(x, t2t.to(dt), input_precision=PRECISION)  # X T_2^T
-            dt1 += tl.dot(g, tl.trans(z.to(dt)), input_precision=PRECISION)
-            w = tl.dot(t1.to(dt), x, input_precision=PRECISION).to(dt)  # T_1 X
+        if CONV0:
+            back = tl.dot(g, tl.trans(t2t).to(dt), input_precision=PRECISION)  # dY T_2
+            back = tl.dot(tl.trans(t1).to(dt), back.to(dt), input_precision=PRECISION)  # T_1^T dY T_2
+            a = tl.zeros((BR, BW), dtype=tl.float32)
+            for s in range(T):  # one pass over the T planes: the mix A and the T_0 gradient
+                xs = tl.load(x_base + s * sx_t + x_offs, mask=mask, other=0.0).to(tl.float32)
+                a += tl.load(k0_ptr + ch * (2 * T - 1) + T - 1 + t - s) * xs
+                dt0 += tl.where(planes == s, tl.sum(tl.sum(back * xs, axis=1), axis=0), 0.0)
+            a = a.to(dt)
         else:
-            w = x
+            a = x
+        if CONV1:
+            z = tl.dot(a, t2t.to(dt), input_precision=PRECISION)  # A T_2^T
+            dt1 += tl.dot(g, tl.trans(z.to(dt)), input_precision=PRECISION)
+            w = tl.dot(t1.to(dt), a, input_precision=PRECISION).to(dt)  # T_1 A
+        else:
+            w = a
         dt2 += tl.dot(tl.trans(g), w, input_precision=PRECISION)
         if HAS_D:
             dd += g.to(tl.float32) * x.to(tl.float32)
     _scatter_diagonals(dk2_ptr + ch * (2 * L2 - 1), dt2, cols, cols, L2)
     if CONV1:
         _scatter_diagonals(dk1_ptr + ch * (2 * L1 - 1), dt1, rows, rows, L1)
+    if CONV0:
+        tl.atomic_add(dk0_ptr + ch * (2 * T - 1) + T - 1 + t - planes, dt0, mask=planes < T)
     if HAS_D:
         tl.atomic_add(dd_ptr + ch, tl.sum(tl.sum(dd, axis=1), axis=0))
 
 
-def _views(u: Tensor, layout: str, d: int) -> Tuple[Tensor, int, int, int, int, int]:
+class _Geometry(NamedTuple):
+    """Launch geometry of a logical channels-first view: N outer indices, T planes (axis 0 in 3-D), R rows of BR."""
+    view: Tensor
+    N: int
+    T: int
+    R: int
+    L1: int
+    L2: int
+    BR: int
+
+
+def _views(u: Tensor, layout: str, d: int) -> _Geometry:
     """Logical channels-first view of u (a view, never a copy) and the launch geometry.
 
-    Returns (view, N, R, L1, L2, BR): 2-D: N = B outer indices, R = L1 rows; 1-D: N = 1 and the B batch
-    elements are the rows (L1 = 1 unused).
+    3-D: N = B, T = L_0 planes of (R = L_1 rows, L_2); 2-D: T = 1; 1-D: N = 1, T = 1 and the B batch elements
+    are the rows (L1 = 1 unused).
     """
     v = u if layout == 'channels_first' else u.movedim(-1, 1)
-    if d == 2:
-        return v, v.shape[0], v.shape[2], v.shape[2], v.shape[3], _tile(v.shape[2])
-    return v, 1, v.shape[0], 1, v.shape[2], ROWS_1D
+    if d == 1:
+        return _Geometry(v, 1, 1, v.shape[0], 1, v.shape[2], ROWS_1D)
+    return _Geometry(v, v.shape[0], v.shape[2] if d == 3 else 1, v.shape[-2], v.shape[-2], v.shape[-1],
+                     _tile(v.shape[-2]))
 
 
-def _strides(v: Tensor, d: int) -> Tuple[int, int, int, int]:
-    """(n, h, row, col) element strides of a logical channels-first view."""
+def _strides(v: Tensor, d: int) -> Tuple[int, int, int, int, int]:
+    """(n, h, t, row, col) element strides of a logical channels-first view (t: 0 below 3-D)."""
+    if d == 3:
+        return v.stride(0), v.stride(1), v.stride(2), v.stride(3), v.stride(4)
     if d == 2:
-        return v.stride(0), v.stride(1), v.stride(2), v.stride(3)
-    return 0, v.stride(1), v.stride(0), v.stride(2)
+        return v.stride(0), v.stride(1), 0, v.stride(2), v.stride(3)
+    return 0, v.stride(1), 0, v.stride(0), v.stride(2)
 
 
 def _empty(shape_cf: Sequence[int], layout: str, like: Tensor) -> Tensor:
@@ -194,23 +269,30 @@ def _precision(dtype: torch.dtype) -> str:
     return 'ieee' if dtype == torch.float32 else 'tf32'
 
 
-def _kernels(ks: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
-    """(k_1, k_2) float32 contiguous; in 1-D k_1 is a placeholder (axis 1 is the batch, not convolved)."""
+def _kernels(ks: Sequence[Tensor]) -> List[Tensor]:
+    """[k_0, k_1, k_2] float32 contiguous, the last d being ks; the others are unused placeholders (below 3-D
+    the missing leading axes are not convolved; in 1-D axis 1 is the batch)."""
     kf = [k.float().contiguous() for k in ks]
-    return (kf[0], kf[1]) if len(kf) == 2 else (kf[0], kf[0])
+    return [kf[-1]] * (3 - len(kf)) + kf
+
+
+def _flags(u: Tensor, geo: _Geometry, d: int, D: Optional[Tensor]) -> dict:
+    return dict(CONV0=d == 3, CONV1=d >= 2, HAS_D=D is not None, BR=geo.BR, BW=_tile(geo.L2),
+                PRECISION=_precision(u.dtype))
 
 
 def _separable_conv_fwd(u: Tensor, ks: Sequence[Tensor], D: Optional[Tensor], layout: str) -> Tensor:
     d = len(ks)
     c, H = ks[0].shape[:2]
-    v, N, R, L1, L2, BR = _views(u, layout, d)
-    k1, k2 = _kernels(ks)
+    geo = _views(u, layout, d)
+    v = geo.view
     y = _empty((v.shape[0], c * H) + tuple(v.shape[2:]), layout, u)
+    k0, k1, k2 = _kernels(ks)
     dd = D.float().contiguous() if D is not None else k2
-    grid = (N * H, triton.cdiv(R, BR))
+    grid = (geo.N * H, geo.T * triton.cdiv(geo.R, geo.BR))
     _separable_conv_fwd_kernel[grid](
-        v, k1, k2, dd, y, H, c, R, L1, L2, *_strides(v, d), *_strides(y, d),
-        CONV1=d == 2, HAS_D=D is not None, BR=BR, BW=_tile(L2), PRECISION=_precision(u.dtype))
+        v, k0, k1, k2, dd, y, H, c, geo.T, geo.R, geo.L1, geo.L2, *_strides(v, d), *_strides(y, d),
+        **_flags(u, geo, d, D))
     return y if layout == 'channels_first' else y.movedim(1, -1)
 
 
@@ -219,21 +301,24 @@ def _separable_conv_bwd(
 ) -> Tuple[Tensor, Sequence[Tensor], Optional[Tensor]]:
     d = len(ks)
     c, H = ks[0].shape[:2]
-    v, N, R, L1, L2, BR = _views(u, layout, d)
+    geo = _views(u, layout, d)
+    v = geo.view
     gv = g if layout == 'channels_first' else g.movedim(-1, 1)
-    k1, k2 = _kernels(ks)
-    dd_in = D.float().contiguous() if D is not None else k2
+    kf = _kernels(ks)
+    dd_in = D.float().contiguous() if D is not None else kf[2]
     dx = _empty(tuple(v.shape), layout, u)
-    common = dict(CONV1=d == 2, HAS_D=D is not None, BR=BR, BW=_tile(L2), PRECISION=_precision(u.dtype))
-    _separable_conv_bwd_dx_kernel[(N * H, triton.cdiv(R, BR))](
-        gv, k1, k2, dd_in, dx, H, c, R, L1, L2, *_strides(gv, d), *_strides(dx, d), **common)
-    dk1, dk2 = torch.zeros_like(k1), torch.zeros_like(k2)
+    flags = _flags(u, geo, d, D)
+    blocks = triton.cdiv(geo.R, geo.BR)
+    _separable_conv_bwd_dx_kernel[(geo.N * H, geo.T * blocks)](
+        gv, *kf, dd_in, dx, H, c, geo.T, geo.R, geo.L1, geo.L2, *_strides(gv, d), *_strides(dx, d), **flags)
+    dkf = [torch.zeros_like(k) for k in kf]
     dD = torch.zeros(c, H, device=u.device, dtype=torch.float32)
-    n_per_prog = max(1, triton.cdiv(N, 16))  # up to 16 programs per channel along the batch
-    grid = (c * H, triton.cdiv(N, n_per_prog), triton.cdiv(R, BR))
+    n_per_prog = max(1, triton.cdiv(geo.N, 16))  # up to 16 programs per channel along the batch
+    grid = (c * H, triton.cdiv(geo.N, n_per_prog), geo.T * blocks)
     _separable_conv_bwd_dk_kernel[grid](
-        v, gv, k1, k2, dk1, dk2, dD, H, N, R, L1, L2, n_per_prog, *_strides(v, d), *_strides(gv, d), **common)
-    dks = [dk1.to(ks[0].dtype), dk2.to(ks[1].dtype)] if d == 2 else [dk2.to(ks[0].dtype)]
+        v, gv, *kf, *dkf, dD, H, geo.N, geo.T, geo.R, geo.L1, geo.L2, n_per_prog, *_strides(v, d),
+        *_strides(gv, d), BT=_tile(geo.T), **flags)
+    dks = [dk.to(k.dtype) for dk, k in zip(dkf[3 - d:], ks)]
     return (dx if layout == 'channels_first' else dx.movedim(1, -1)), dks, (dD.to(D.dtype) if D is not None else None)
 
 
@@ -283,8 +368,8 @@ def separable_conv_triton(
     """Fused separable convolution (Triton), forward and backward; a torch custom op (torch.compile-safe).
 
     Args:
-        u: (B, H, *spatial) for layout='channels_first', (B, *spatial, H) for 'channels_last'; d = 1 or 2
-            (``fits``: L <= 128 in 1-D, L_i <= 64 in 2-D); float32, bfloat16 or float16.
+        u: (B, H, *spatial) for layout='channels_first', (B, *spatial, H) for 'channels_last'; d = 1, 2 or 3
+            (``fits``: L <= 128 in 1-D, L_i <= 64 in 2-D and 3-D); float32, bfloat16 or float16.
         ks: d tensors, ks[i]: (c, H, 2 * L_i - 1), two-sided, index L_i - 1 = offset 0.
         D: (c, H) skip term, or None.
         layout: 'channels_first' or 'channels_last', read and written in place (no permute copies).
@@ -295,7 +380,8 @@ def separable_conv_triton(
     check_conv_args(u, ks, D, layout)
     if not fits(u, ks, layout):
         raise ValueError(
-            f"backend='triton' supports float32/bf16/fp16 1-D inputs with L <= {MAX_LEN_1D} and 2-D inputs with "
-            f"both axes <= {MAX_TILE_2D}; got {u.dtype} input of shape {tuple(u.shape)} ({layout}). "
+            f"backend='triton' supports float32/bf16/fp16 1-D inputs with L <= {MAX_LEN_1D}, 2-D inputs with "
+            f"both axes <= {MAX_TILE_2D} and 3-D inputs with T <= {MAX_LEN_T}, H, W <= {MAX_TILE_2D}; got {u.dtype} "
+            f"input of shape {tuple(u.shape)} ({layout}). "
             "Use backend='auto', 'matmul' or 'fft'.")
     return _fwd_op(u, list(ks), D, layout)

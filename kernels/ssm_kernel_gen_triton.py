@@ -1,7 +1,7 @@
 """Per-axis kernel generation in Triton: every two-sided axis kernel of an S4ND layer in one launch.
 
 The diagonal (S4D) kernel is a Vandermonde sum (ssm.py): K[ck, h, l] = 2 Re sum_n W[ck, h, n] exp(s[h, n] l)
-with W = C * coef and s = log_step from the zoh/bilinear discretization at step exp(inv_dt) * rate,
+with W = C * coef and s = log_step from ``DiagAxisKernel.discretize`` (zoh/bilinear) at step exp(inv_dt) * rate,
 bandlimit mask included in C. The small (C_k, H, M) factors W and s stay in torch (autograd to the SSM
 parameters is ordinary torch); the (C_k, H, M, L) Vandermonde terms are only ever formed on chip:
     forward:  one program per (axis, kernel channel, h, block of taps), sum over the M modes in blocks,
@@ -9,7 +9,9 @@ parameters is ordinary torch); the (C_k, H, M, L) Vandermonde terms are only eve
               tap l at index L-1+l, backward channel (bidirectional) tap l at index L-2-l;
     backward: one program per (axis, kernel channel, h, block of modes), sum over the taps:
               dW = 2 sum_l g conj(z^l) (as re/im), ds = 2 sum_l g l conj(W z^l), z^l = exp(s l).
-Loaded lazily (never import it directly: TRITON_INTERPRET must be read first); float32 only.
+Both are torch custom ops (``s4nd_timm::vandermonde_fwd`` / ``_bwd``, autograd registered), so the generator
+runs under torch.compile(fullgraph=True). Loaded lazily (never import it directly: TRITON_INTERPRET must be read
+first); float32 only. ``S4ND.axis_kernels`` uses it in diag mode for backend='triton'; DPLR stays on torch.
 """
 from typing import List, Sequence, Tuple
 
@@ -94,43 +96,66 @@ def _vandermonde_bwd_kernel(
     tl.store(dsi_ptr + w_off, 2 * dsi, mask=nm)
 
 
-class VandermondeFn(torch.autograd.Function):
-    """Two-sided kernels of every axis, flattened: (sum_i c * H * (2 L_i - 1),) float32."""
-
-    @staticmethod
-    def forward(ctx, wr: Tensor, wi: Tensor, sr: Tensor, si: Tensor, lengths: Tuple[int, ...],
-                taps: Tuple[int, ...], channels: int) -> Tensor:
-        d, ck, h, m = wr.shape
-        sizes = [channels * h * (2 * n - 1) for n in lengths]
-        geometry = [torch.tensor(v, dtype=torch.int32, device=wr.device)
-                    for v in (lengths, taps, [sum(sizes[:i]) for i in range(d)])]
-        out = wr.new_zeros(sum(sizes))
-        grid = (d * ck * h, triton.cdiv(max(taps), BLOCK_L))
-        _vandermonde_fwd_kernel[grid](wr, wi, sr, si, out, *geometry, ck, h, m, channels, BL=BLOCK_L, BM=BLOCK_M)
-        ctx.save_for_backward(wr, wi, sr, si, *geometry)
-        ctx.channels = channels
-        return out
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        wr, wi, sr, si, *geometry = ctx.saved_tensors
-        d, ck, h, m = wr.shape
-        grads = [torch.empty_like(wr) for _ in range(4)]
-        grid = (d * ck * h, triton.cdiv(m, BLOCK_M))
-        _vandermonde_bwd_kernel[grid](
-            g.contiguous(), wr, wi, sr, si, *grads, *geometry, ck, h, m, ctx.channels, BL=BLOCK_L, BM=BLOCK_M)
-        dwr, dwi, dsr, dsi = grads
-        return dwr, dwi, dsr.sum(1), dsi.sum(1), None, None, None
+def _geometry(lengths: Sequence[int], taps: Sequence[int], channels: int, h: int, device) -> List[Tensor]:
+    """int32 (lengths, taps, offsets into the flat output), one entry per axis."""
+    sizes = [channels * h * (2 * n - 1) for n in lengths]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [torch.tensor(v, dtype=torch.int32, device=device) for v in (lengths, taps, offsets)]
 
 
-def _factors(kern, rate: float) -> Tuple[Tensor, Tensor]:
-    """W = C * coef (C_k, H, M) and s = log_step (H, M), complex: the discretization of ``DiagAxisKernel``."""
-    dt_base, a, b, c = kern.modes()
-    dt = dt_base * rate
-    da = dt * a
-    if kern.disc == 'zoh':
-        return c * (b * (da.exp() - 1) / a), da
-    return c * (b * dt / (1 - da / 2)), torch.log((1 + da / 2) / (1 - da / 2))
+def _flat_size(lengths: Sequence[int], channels: int, h: int) -> int:
+    return sum(channels * h * (2 * n - 1) for n in lengths)
+
+
+@torch.library.custom_op('s4nd_timm::vandermonde_fwd', mutates_args=())
+def _vandermonde_fwd(wr: Tensor, wi: Tensor, sr: Tensor, si: Tensor, lengths: List[int], taps: List[int],
+                     channels: int) -> Tensor:
+    """Two-sided kernels of every axis, flattened: (sum_i c * H * (2 L_i - 1),) float32.
+    wr, wi: (d, C_k, H, M) real and imaginary part of W; sr, si: (d, H, M) of s."""
+    d, ck, h, m = wr.shape
+    out = wr.new_zeros(_flat_size(lengths, channels, h))
+    grid = (d * ck * h, triton.cdiv(max(taps), BLOCK_L))
+    _vandermonde_fwd_kernel[grid](wr, wi, sr, si, out, *_geometry(lengths, taps, channels, h, wr.device),
+                                  ck, h, m, channels, BL=BLOCK_L, BM=BLOCK_M)
+    return out
+
+
+@_vandermonde_fwd.register_fake
+def _(wr, wi, sr, si, lengths, taps, channels):
+    return wr.new_empty(_flat_size(lengths, channels, wr.shape[2]))
+
+
+@torch.library.custom_op('s4nd_timm::vandermonde_bwd', mutates_args=())
+def _vandermonde_bwd(g: Tensor, wr: Tensor, wi: Tensor, sr: Tensor, si: Tensor, lengths: List[int],
+                     taps: List[int], channels: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dwr, dwi, dsr, dsi) of ``_vandermonde_fwd`` for the flat output gradient g."""
+    d, ck, h, m = wr.shape
+    grads = [torch.empty_like(wr) for _ in range(4)]
+    grid = (d * ck * h, triton.cdiv(m, BLOCK_M))
+    _vandermonde_bwd_kernel[grid](g.contiguous(), wr, wi, sr, si, *grads,
+                                  *_geometry(lengths, taps, channels, h, wr.device), ck, h, m, channels,
+                                  BL=BLOCK_L, BM=BLOCK_M)
+    dwr, dwi, dsr, dsi = grads
+    return dwr, dwi, dsr.sum(1), dsi.sum(1)  # s is shared by the C_k kernel channels
+
+
+@_vandermonde_bwd.register_fake
+def _(g, wr, wi, sr, si, lengths, taps, channels):
+    return wr.new_empty(wr.shape), wr.new_empty(wr.shape), sr.new_empty(sr.shape), si.new_empty(si.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    wr, wi, sr, si, lengths, taps, channels = inputs
+    ctx.save_for_backward(wr, wi, sr, si)
+    ctx.lengths, ctx.taps, ctx.channels = lengths, taps, channels
+
+
+def _backward(ctx, g):
+    wr, wi, sr, si = ctx.saved_tensors
+    return *_vandermonde_bwd(g, wr, wi, sr, si, ctx.lengths, ctx.taps, ctx.channels), None, None, None
+
+
+_vandermonde_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def axis_kernels_triton(layer, lengths: Sequence[int], rate=None) -> List[Tensor]:
@@ -151,9 +176,9 @@ def axis_kernels_triton(layer, lengths: Sequence[int], rate=None) -> List[Tensor
         raise ValueError(f"lengths needs {layer.ndim} entries (one per spatial axis); got {lengths}")
     rates = layer.rates(lengths, rate)
     taps = layer.kernel_lengths(lengths, rates)
-    w, s = zip(*[_factors(kern, r) for kern, r in zip(layer.kernel, rates)])
+    w, s = zip(*[kern.discretize(r) for kern, r in zip(layer.kernel, rates)])
     w, s = torch.stack(w), torch.stack(s)  # (d, C_k, H, M), (d, H, M)
-    flat = VandermondeFn.apply(w.real.contiguous(), w.imag.contiguous(), s.real.contiguous(), s.imag.contiguous(),
-                               lengths, taps, layer.channels)
+    flat = _vandermonde_fwd(w.real.contiguous(), w.imag.contiguous(), s.real.contiguous(), s.imag.contiguous(),
+                            list(lengths), list(taps), layer.channels)
     sizes = [layer.channels * layer.dim * (2 * n - 1) for n in lengths]
     return [k.view(layer.channels, layer.dim, 2 * n - 1) for k, n in zip(flat.split(sizes), lengths)]

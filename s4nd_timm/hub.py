@@ -362,10 +362,11 @@ model = timm.create_model('local-dir:/path/to/this/folder', pretrained=True).eva
 
 
 def _find_cards_dir(cards_dir: Union[str, Path, None]) -> Optional[Path]:
-    """``cards_dir``, else the repository's model_cards/ (editable install), else ./model_cards."""
+    """``cards_dir``, else the repository's model_cards/ (editable install), else the installed copy
+    (``s4nd_timm/model_cards`` in a wheel), else ./model_cards."""
     if cards_dir is not None:
         return Path(cards_dir)
-    for candidate in (MODEL_CARDS_DIR, Path.cwd() / 'model_cards'):
+    for candidate in (MODEL_CARDS_DIR, Path(__file__).resolve().parent / 'model_cards', Path.cwd() / 'model_cards'):
         if (candidate / CARD_TEMPLATE).is_file():
             return candidate
     return None
@@ -415,7 +416,7 @@ def render_model_card(
     if path is None or not path.is_file():
         if cards_dir is not None:
             raise FileNotFoundError(f"no model card for '{name}' and no template {Path(cards_dir) / CARD_TEMPLATE}")
-        _logger.warning("model_cards/ not found (an installed wheel does not carry it; run from the repository or "
+        _logger.warning("model_cards/ not found (neither in the repository nor installed with the package; "
                         "pass cards_dir=): writing a minimal card for '%s'", name)
     input_size = tuple(cfg.get('input_size') or ())
     args = model_args_of(model)

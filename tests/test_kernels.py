@@ -154,6 +154,23 @@ def test_auto_follows_the_measured_cpu_cost_model():
     assert 256 * 4096 ** 2 > MATMUL_MAX_TOEPLITZ and set(CPU_COST) == {'mac', 'toeplitz', 'fft'}
 
 
+def test_auto_takes_triton_once_enabled(monkeypatch):
+    """Flipping AUTO_USES_TRITON is the only change needed: 'auto' then picks Triton for CUDA tensors that fit
+    (fake CUDA tensors: no GPU needed), and the layer resolves the path from shapes before generating kernels."""
+    import s4nd_timm.kernels as kernels
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    if not HAS_TRITON:
+        pytest.skip('Triton is not installed')
+    with FakeTensorMode():
+        video, seq = torch.empty(2, 96, 8, 56, 56, device='cuda'), torch.empty(8, 256, 4096, device='cuda')
+    video_ks, seq_ks = [(1, 96, 15), (1, 96, 111), (1, 96, 111)], [(1, 256, 8191)]
+    assert select_backend(video, video_ks) == 'matmul' and not kernels.AUTO_USES_TRITON
+    monkeypatch.setattr(kernels, 'AUTO_USES_TRITON', True)
+    assert select_backend(video, video_ks) == 'triton'
+    assert select_backend(video.movedim(1, -1), video_ks, 'channels_last') == 'triton'
+    assert select_backend(seq, seq_ks) == 'fft'  # does not fit the fused kernel
+
+
 def test_triton_backend_refuses_cpu_tensors_without_interpreter(monkeypatch):
     monkeypatch.delenv('TRITON_INTERPRET', raising=False)
     u, ks, D = _case(1, (5, 6), dtype=torch.float32)
@@ -228,7 +245,9 @@ TRITON_CASES = [
     (2, (7,), 'channels_first', torch.float32), (17, (13,), 'channels_last', torch.float32),
     (17, (13,), 'channels_first', torch.float16), (2, (7,), 'channels_last', torch.float16),
     (1, (5, 7), 'channels_first', torch.float32), (2, (6, 13), 'channels_last', torch.float32),
-    (2, (6, 13), 'channels_first', torch.float16), (1, (5, 7), 'channels_last', torch.float16)]
+    (2, (6, 13), 'channels_first', torch.float16), (1, (5, 7), 'channels_last', torch.float16),
+    (2, (3, 4, 5), 'channels_first', torch.float32), (1, (5, 3, 7), 'channels_last', torch.float32),
+    (1, (5, 3, 7), 'channels_first', torch.float16), (2, (3, 4, 5), 'channels_last', torch.float16)]
 
 
 @pytest.mark.parametrize('batch, spatial, layout, dtype', TRITON_CASES)
@@ -239,10 +258,16 @@ def test_triton_matches_direct_conv_and_reference(triton_device, batch, spatial,
     _check(fn, batch, spatial, layout, dtype)
 
 
-def test_triton_layer_and_compile(triton_device):
-    """Through the layer (every parameter gradient), and as a custom op under torch.compile(fullgraph=True)."""
-    layer = S4ND(4, ndim=2, d_state=8, channels=2, postact='glu', backend='fft').to(triton_device)
-    x = torch.randn(2, 4, 5, 6, device=triton_device)
+@pytest.mark.parametrize('ndim, spatial, mode', [(2, (5, 6), 'diag'), (3, (3, 4, 5), 'diag'), (2, (5, 6), 'dplr')])
+def test_triton_layer_and_compile(triton_device, monkeypatch, ndim, spatial, mode):
+    """Through the layer (every parameter gradient), Triton kernel generation included (diag; DPLR stays on
+    torch), and as custom ops under torch.compile(fullgraph=True)."""
+    import s4nd_timm.layers.s4nd as s4nd_module
+    calls = []
+    monkeypatch.setattr(s4nd_module, 'axis_kernels_triton', lambda *a: calls.append(1) or axis_kernels_triton(*a))
+    layer = S4ND(4, ndim=ndim, d_state=8, channels=2, postact='glu', backend='fft', mode=mode,
+                 l_max=spatial if mode == 'dplr' else None).to(triton_device)
+    x = torch.randn(2, 4, *spatial, device=triton_device)
     results = {}
     for backend in ('fft', 'triton'):
         layer.backend = backend
@@ -252,8 +277,18 @@ def test_triton_layer_and_compile(triton_device):
         results[backend] = [xb.grad] + [p.grad.clone() for p in layer.parameters()]
     for got, want in zip(results['triton'], results['fft']):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert len(calls) == (mode == 'diag')
     compiled = torch.compile(layer, fullgraph=True, backend='aot_eager')
-    torch.testing.assert_close(compiled(x), layer(x))
+    xb = x.clone().requires_grad_()
+    y = compiled(xb)
+    y.square().sum().backward()  # through both custom ops' backward
+    torch.testing.assert_close(y, layer(x))
+    torch.testing.assert_close(xb.grad, results['triton'][0], rtol=1e-4, atol=1e-5)
+    # 'auto' passes the path it resolved to the kernel generator (what AUTO_USES_TRITON = True does on CUDA)
+    layer.backend, before = 'auto', len(calls)
+    monkeypatch.setattr(s4nd_module, 'select_backend', lambda *a: 'triton')
+    torch.testing.assert_close(layer(x), y)
+    assert len(calls) - before == (mode == 'diag')
 
 
 def test_triton_custom_op_registration(triton_device):
@@ -265,8 +300,17 @@ def test_triton_custom_op_registration(triton_device):
         impl._fwd_op, args, test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
 
 
+def test_triton_kernel_generation_custom_op_registration(triton_device):
+    from s4nd_timm.kernels import ssm_kernel_gen_triton as impl
+    wr, wi = torch.randn(2, 2, 3, 4, device=triton_device), torch.randn(2, 2, 3, 4, device=triton_device)
+    sr, si = -torch.rand(2, 3, 4, device=triton_device), torch.randn(2, 3, 4, device=triton_device)
+    args = tuple(t.requires_grad_() for t in (wr, wi, sr, si)) + ([5, 6], [5, 4], 1)
+    torch.library.opcheck(
+        impl._vandermonde_fwd, args, test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
+
+
 def test_triton_refuses_unsupported_shapes(triton_device):
-    u, ks, D = _case(1, (3, 4, 5), dtype=torch.float32)
+    u, ks, D = _case(1, (3, 65), dtype=torch.float32)  # 2-D axes up to MAX_TILE_2D = 64
     with pytest.raises(ValueError, match='triton'):
         separable_conv(u.to(triton_device), [k.to(triton_device) for k in ks], D.to(triton_device), backend='triton')
 
@@ -295,16 +339,24 @@ def test_triton_kernel_generation_matches_torch_path(triton_device, ndim, spatia
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize('dim, spatial', [(96, (56, 56)), (192, (28, 28)), (384, (14, 14)), (768, (7, 7))])
+@pytest.mark.parametrize('batch, dim, spatial', [
+    (8, 96, (56, 56)), (8, 192, (28, 28)), (8, 384, (14, 14)), (8, 768, (7, 7)), (2, 96, (8, 56, 56))])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('layout', LAYOUTS)
-def test_cuda_stage_shapes(dim, spatial, dtype, layout):
-    """ConvNeXt-T stage shapes on the GPU (batch 8), every available fast path vs the FFT path and fp64."""
-    u = torch.randn(8, dim, *spatial, dtype=torch.float64, device='cuda')
+def test_cuda_stage_shapes(batch, dim, spatial, dtype, layout):
+    """ConvNeXt-T stage shapes and the video shape on the GPU, every available fast path vs the FFT path and fp64.
+
+    The truth is the fp64 direct convolution in 2-D; in 3-D the fp64 FFT path (checked against the direct
+    convolution in ``test_reference_path_matches_direct_conv``): a direct 15 x 111 x 111 conv3d in fp64 is too slow.
+    """
+    u = torch.randn(batch, dim, *spatial, dtype=torch.float64, device='cuda')
     ks = [torch.randn(1, dim, 2 * n - 1, dtype=torch.float64, device='cuda') / n for n in spatial]
     D = torch.randn(1, dim, dtype=torch.float64, device='cuda')
-    g = torch.randn(8, dim, *spatial, dtype=torch.float64, device='cuda')
-    want = _direct(u, ks, D, g)
+    g = torch.randn(batch, dim, *spatial, dtype=torch.float64, device='cuda')
+    if len(spatial) == 3:
+        want = _outputs_and_grads(separable_conv_ref, u, ks, D, g, 'channels_first')
+    else:
+        want = _direct(u, ks, D, g)
     cast = [t.to(dtype) for t in (u, *ks, D)]
     ref = _errors(_outputs_and_grads(
         lambda u, ks, D: separable_conv(u, ks, D, backend='fft', layout=layout), cast[0], cast[1:-1], cast[-1], g,

@@ -17,6 +17,7 @@ def test_wheel_contents(tmp_path):
     tops = {n.split('/')[0] for n in names}
     assert tops <= {'s4nd_timm', f'{wheel.name.split("-")[0]}-{s4nd_timm.__version__}.dist-info'}, tops
     for module in ('s4nd_timm/kernels/__init__.py', 's4nd_timm/kernels/separable_conv.py',
-                   's4nd_timm/train/__init__.py', 's4nd_timm/layers/s4nd.py'):
+                   's4nd_timm/train/__init__.py', 's4nd_timm/layers/s4nd.py',
+                   's4nd_timm/model_cards/_template.md', 's4nd_timm/model_cards/s4nd_convnext_tiny.in1k.md'):
         assert module in names
 

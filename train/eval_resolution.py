@@ -383,8 +383,9 @@ def _jsonable(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def write_results(output: str, rows: Sequence[Dict[str, Any]], resolutions: Sequence[int],
                   meta: Dict[str, Any], title: Optional[str] = None, chance: Optional[float] = None,
-                  stem: str = 'resolution') -> Dict[str, str]:
-    """results.md, results.json and ``<stem>.png`` in ``output`` (each replaced atomically).
+                  stem: str = 'resolution', extra_markdown: str = '') -> Dict[str, str]:
+    """results.md (the table, then ``extra_markdown``), results.json (``meta`` + 'resolutions' + 'results')
+    and ``<stem>.png`` in ``output``, each replaced atomically.
 
     Returns:
         {'table', 'json', 'plot'} paths.
@@ -392,7 +393,7 @@ def write_results(output: str, rows: Sequence[Dict[str, Any]], resolutions: Sequ
     os.makedirs(output, exist_ok=True)
     paths = {'table': os.path.join(output, 'results.md'), 'json': os.path.join(output, 'results.json'),
              'plot': os.path.join(output, f'{stem}.png')}
-    atomic_write_text(paths['table'], format_table(rows, resolutions) + '\n')
+    atomic_write_text(paths['table'], format_table(rows, resolutions) + '\n' + (f'\n{extra_markdown}\n' if extra_markdown else ''))
     payload = {**meta, 'resolutions': list(resolutions), 'results': _jsonable(rows)}
     atomic_write_text(paths['json'], json.dumps(payload, indent=1) + '\n')
     plot_results(rows, resolutions, paths['plot'], title=title, chance=chance)

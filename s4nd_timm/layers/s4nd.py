@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from s4nd_timm.kernels import BACKENDS, select_backend, separable_conv
+from s4nd_timm.kernels import BACKENDS, axis_kernels_triton, select_backend, separable_conv, triton_usable
 from .dplr import DPLRAxisKernel
 from .ssm import DiagAxisKernel, check_init, kernel_compute_dtype
 
@@ -231,12 +231,17 @@ class S4ND(nn.Module):
             n if lm is None else max(1, min(n, round(lm / r)))
             for n, lm, r in zip(lengths, self.l_max, rates))
 
-    def axis_kernels(self, lengths: Sequence[int], rate=None) -> List[Tensor]:
+    def axis_kernels(self, lengths: Sequence[int], rate=None, backend: Optional[str] = None) -> List[Tensor]:
         """Two-sided per-axis kernels for an input of these spatial lengths.
 
         Args:
             lengths: L_1..L_d.
             rate: None (the layer's resolution mode, as in ``forward``), a float, or one per axis.
+            backend: the convolution path the kernels are for (None: the layer's ``backend``; ``convolve``
+                passes the path 'auto' resolved to). 'triton' with mode='diag' and float32 parameters on CUDA
+                (or CPU under TRITON_INTERPRET=1) generates every axis kernel in one Triton launch
+                (``s4nd_timm.kernels.axis_kernels_triton``); otherwise, and always for mode='dplr' (no Triton
+                Cauchy/Woodbury kernel), they are generated in torch.
         Returns:
             d tensors, kernels[i]: (channels, dim, 2 L_i - 1), index L_i - 1 = offset 0; causal kernels
             hold zeros at negative offsets. float32 (float64 for float64 parameters).
@@ -244,6 +249,9 @@ class S4ND(nn.Module):
         lengths = tuple(int(n) for n in lengths)
         if len(lengths) != self.ndim:
             raise ValueError(f"lengths needs {self.ndim} entries (one per spatial axis); got {lengths}")
+        if ((backend or self.backend) == 'triton' and self.mode == 'diag' and self.D.dtype == torch.float32
+                and triton_usable(self.D)):
+            return axis_kernels_triton(self, lengths, rate)
         rates = self.rates(lengths, rate)
         taps = self.kernel_lengths(lengths, rates)
         return [
@@ -267,7 +275,8 @@ class S4ND(nn.Module):
         """The linear part (steps 1-3), in the given layout (default channels-first):
         (B, dim, *spatial) -> (B, channels*dim, *spatial), or (B, *spatial, dim) -> (B, *spatial, channels*dim).
 
-        Kernel generation runs in float32 (float64 for float64 input) with autocast disabled. The FFT
+        Kernel generation runs in float32 (float64 for float64 input) with autocast disabled, in Triton for
+        backend='triton' in diag mode (``axis_kernels``), else in torch. The FFT
         path convolves in float32; the matmul and Triton paths multiply bf16/fp16 CUDA inputs in their
         dtype (fp32 accumulation), and under CUDA autocast cast float32 input to the autocast dtype.
         The result has the input's dtype.
@@ -277,8 +286,9 @@ class S4ND(nn.Module):
         with torch.autocast(device, enabled=False):
             work = kernel_compute_dtype(x)
             spatial = x.shape[2:] if layout == 'channels_first' else x.shape[1:-1]
-            ks = self.axis_kernels(spatial, rate)
-            backend = select_backend(x, ks, layout) if self.backend == 'auto' else self.backend
+            shapes = [(self.channels, self.dim, 2 * n - 1) for n in spatial]  # the path is chosen from shapes
+            backend = select_backend(x, shapes, layout) if self.backend == 'auto' else self.backend
+            ks = self.axis_kernels(spatial, rate, backend=backend)
             u = x.to(low) if low is not None and x.dtype == torch.float32 and backend != 'fft' else x
             y = separable_conv(u, ks, self.D.to(work), backend=backend, layout=layout)
         return y.to(x.dtype)

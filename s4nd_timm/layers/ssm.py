@@ -336,17 +336,24 @@ class DiagAxisKernel(SSMAxisKernel):
             ssm_lr, deterministic)
         self.disc = disc
 
-    def forward(self, length: int, rate: float = 1.0) -> Tensor:
-        """Causal kernel taps: (C_k, H, length), real, float32 (float64 for float64 params)."""
+    def discretize(self, rate: float = 1.0) -> Tuple[Tensor, Tensor]:
+        """The zoh/bilinear discretization at step Δ = exp(inv_dt) * rate, so that K[c, h, l] = 2 Re Σ_n W e^{s l}.
+
+        Returns:
+            W (C_k, H, M) complex: C (bandlimit mask applied) times the per-mode coefficient;
+            s (H, M) complex: the log-step (log of the discrete eigenvalue). Shared by ``forward`` and the
+            Triton kernel generator (``s4nd_timm.kernels.axis_kernels_triton``).
+        """
         dt_base, a, b, c = self.modes()
         dt = dt_base * rate
         da = dt * a
         if self.disc == 'zoh':
-            coef = b * (da.exp() - 1) / a
-            log_step = da
-        else:
-            coef = b * dt / (1 - da / 2)
-            log_step = torch.log((1 + da / 2) / (1 - da / 2))
-        pos = torch.arange(length, device=a.device, dtype=a.real.dtype)
+            return c * (b * (da.exp() - 1) / a), da
+        return c * (b * dt / (1 - da / 2)), torch.log((1 + da / 2) / (1 - da / 2))
+
+    def forward(self, length: int, rate: float = 1.0) -> Tensor:
+        """Causal kernel taps: (C_k, H, length), real, float32 (float64 for float64 params)."""
+        w, log_step = self.discretize(rate)
+        pos = torch.arange(length, device=w.device, dtype=w.real.dtype)
         vandermonde = torch.exp(log_step.unsqueeze(-1) * pos)  # (H, M, L)
-        return 2 * torch.einsum('chm,hml->chl', c * coef, vandermonde).real
+        return 2 * torch.einsum('chm,hml->chl', w, vandermonde).real

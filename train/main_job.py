@@ -1,0 +1,257 @@
+"""``s4nd-demo``: the main job. Resolution transfer and progressive resizing on the embedded synthetic data.
+
+Origin: written for s4nd_timm after the paper's CIFAR-10 resolution experiments (§5; spec §5, §7.4, §7.5),
+scaled down to run on a 2-core CPU in minutes with no downloads. Training is ``engine.train_one_epoch`` with
+the SSM parameter groups of ``optim.py`` and timm's cosine schedule; evaluation is ``eval_resolution``.
+
+1. Zero-shot resolution change: the isotropic S4ND model (bandlimited kernels) and its Conv2D twin are
+   trained at low resolution (8 px) on ``SyntheticShapes``, then evaluated on held-out samples rendered at
+   8 to 64 px, S4ND in continuous and in discrete mode. Prints the table; writes results.md,
+   results.json and resolution_transfer.png.
+2. Progressive resizing: the same S4ND model at base resolution 16 px trained with a resolution schedule
+   (8 px at rate 2, then 16 px) and with fixed 16 px training, for the same number of epochs; compares
+   top-1 at 16 px and training wall time.
+Trained weights are saved as Hub-format folders with model cards (``s4nd_timm.hub.save_pretrained``):
+``<output>/weights/s4nd_iso_cifar_small.synthetic`` and ``..._conv2d_small.synthetic`` (the zero-shot pair, the
+repository's ``weights/`` copies), ``..._16px_fixed`` / ``_progressive``; each loads with
+``timm.create_model('local-dir:<folder>', pretrained=True)`` or ``s4nd-eval-resolution --model <folder>``.
+
+``--quick`` runs a smaller version (fewer samples and epochs, test sizes 8-32 px) in about a minute.
+A GPU is used when present.
+"""
+import argparse
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch.utils.data import TensorDataset
+
+from .data import create_dataset, create_loader
+from .engine import accepts_rate, evaluate, format_seconds, train_one_epoch
+from .eval_resolution import evaluate_resolutions, format_table, machine_summary, setup_logging, write_results
+from .optim import create_optimizer
+
+__all__ = ['MODELS', 'PRESETS', 'get_args_parser', 'build_model', 'render_train_set', 'train_model', 'main']
+
+_logger = logging.getLogger('train')
+
+# table label -> (registered name with its weight tag, construction args). The S4ND settings are the paper's
+# zero-shot ones that fit a CPU (bandlimit 0.2, Δ in [0.1, 1]); no block dropout, which at this size costs
+# accuracy at every resolution. The tags have model cards (model_cards/<name>.md) and weights/<name> folders.
+MODELS = {
+    'S4ND': ('s4nd_iso_cifar_small.synthetic', dict(bandlimit=0.2, block_drop_rate=0.0)),
+    'Conv2D': ('s4nd_iso_cifar_conv2d_small.synthetic', dict(block_drop_rate=0.0)),
+}
+# Run sizes: full (default) and --quick.
+PRESETS = {
+    'full': dict(train_samples=3000, test_samples=1000, epochs=20, resolutions=(8, 16, 32, 64),
+                 prog_epochs=16, prog_schedule=((8, 12), (16, 4))),
+    'quick': dict(train_samples=1500, test_samples=400, epochs=10, resolutions=(8, 16, 32),
+                  prog_epochs=6, prog_schedule=((8, 4), (16, 2))),
+}
+LOW_RES = 8  # zero-shot training resolution
+PROG_BASE = 16  # progressive-resizing base resolution
+NUM_CLASSES = 10
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        's4nd-demo', description='Main job: train S4ND (bandlimited) and Conv2D at 8 px on the embedded synthetic '
+        'data, evaluate at 8-64 px; compare progressive resizing with fixed-resolution training.')
+    parser.add_argument('--quick', action='store_true', help='smaller run (about a minute on 2 CPU cores)')
+    parser.add_argument('--seed', type=int, default=0, metavar='S')
+    parser.add_argument('--output', default='./out/main_job', metavar='DIR')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('-b', '--batch-size', type=int, default=50, metavar='N', help='training batch (paper: 50)')
+    parser.add_argument('--lr', type=float, default=1e-2, help='AdamW lr (paper: 0.01; SSM tensors 1e-3)')
+    parser.add_argument('--weight-decay', type=float, default=0.05)
+    parser.add_argument('--epochs', type=int, default=None, metavar='N', help='zero-shot training epochs (preset)')
+    parser.add_argument('--skip-progressive', action='store_true', help='only the zero-shot experiment')
+    return parser
+
+
+def build_model(label: str, img_size: int, seed: int) -> nn.Module:
+    """One of ``MODELS`` at base resolution ``img_size``, initialized from ``seed``."""
+    import timm
+    name, kwargs = MODELS[label]
+    torch.manual_seed(seed)
+    return timm.create_model(name, img_size=img_size, num_classes=NUM_CLASSES, **kwargs)
+
+
+def render_train_set(model: nn.Module, num_samples: int, img_size: int, seed: int) -> TensorDataset:
+    """The synthetic training split rendered once at ``img_size`` and normalized for ``model``:
+    x (N, 3, img_size, img_size), y (N,)."""
+    from timm.data import resolve_data_config
+    config = resolve_data_config({}, model=model)
+    data_args = argparse.Namespace(dataset='synthetic', seed=seed, num_classes=NUM_CLASSES, num_frames=None,
+                                   train_num_samples=num_samples, val_num_samples=None)
+    ds = create_dataset(data_args, 'train', True, dict(config, input_size=(3, img_size, img_size)))
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    return TensorDataset(torch.stack(xs), torch.tensor(ys))
+
+
+def train_model(model: nn.Module, train_set: TensorDataset, stages: Sequence[Tuple[int, int]], *, tag: str,
+                device: torch.device, seed: int, batch_size: int = 50, lr: float = 1e-2,
+                weight_decay: float = 0.05, warmup_epochs: int = 1) -> Dict[str, Any]:
+    """Train with a resolution schedule; AdamW (SSM groups from ``optim.py``), timm cosine schedule per update.
+
+    Args:
+        train_set: images at the model's base resolution B, (N, 3, B, B).
+        stages: ((size, epochs), ...); each epoch's batches are resized to ``size`` (rate B / size, passed to
+            S4ND models), e.g. ((16, 10),) fixed or ((8, 6), (16, 4)) progressive.
+        tag: name in the progress lines.
+    Returns:
+        {'seconds' (training wall time), 'epochs', 'final_loss', 'samples_per_sec' (last epoch)}.
+    """
+    from timm.scheduler import create_scheduler_v2
+    base = train_set.tensors[0].shape[-1]
+    sizes = [size for size, n in stages for _ in range(n)]
+    opts = argparse.Namespace(
+        opt='adamw', lr=lr, weight_decay=weight_decay, momentum=0.9, opt_eps=None, opt_betas=None,
+        grad_accum_steps=1, clip_grad=None, clip_mode='norm', channels_last=False, epochs=len(sizes), world_size=1,
+        distributed=False, primary=True)
+    model.to(device)
+    optimizer = create_optimizer(model, opts)
+    loader = create_loader(train_set, batch_size, True, seed)
+    opts.log_interval = len(loader)  # one progress line per epoch
+    scheduler, _ = create_scheduler_v2(optimizer, sched='cosine', num_epochs=len(sizes), warmup_epochs=warmup_epochs,
+                                       warmup_lr=lr * 0.01, min_lr=lr * 0.01, updates_per_epoch=len(loader),
+                                       step_on_epochs=False)
+    pass_rate = accepts_rate(model)
+    num_updates, start = 0, time.time()
+    for epoch, size in enumerate(sizes):
+        loader.sampler.set_epoch(epoch)
+        _logger.info(f'[{tag}] epoch {epoch + 1}/{len(sizes)} at {size} px (rate {base / size:g})')
+        metrics = train_one_epoch(epoch, model, loader, optimizer, nn.CrossEntropyLoss(), opts, device=device,
+                                  num_batches=len(loader), start_batch=0, num_updates=num_updates,
+                                  rate=base / size, pass_rate=pass_rate, lr_scheduler=scheduler,
+                                  epochs_after=len(sizes) - epoch - 1)
+        num_updates = metrics['num_updates']
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    return {'seconds': time.time() - start, 'epochs': len(sizes), 'final_loss': metrics['loss'],
+            'samples_per_sec': metrics['samples_per_sec']}
+
+
+def _eval_at(model: nn.Module, size: int, num_samples: int, seed: int, device: torch.device) -> float:
+    """Top-1 (%) on ``num_samples`` held-out synthetic samples rendered at ``size`` px (the model's own mode)."""
+    from timm.data import resolve_data_config
+    config = resolve_data_config({}, model=model)
+    data_args = argparse.Namespace(dataset='synthetic', seed=seed, num_classes=NUM_CLASSES, num_frames=None,
+                                   train_num_samples=None, val_num_samples=num_samples)
+    ds = create_dataset(data_args, 'val', False, dict(config, input_size=(3, size, size)))
+    return evaluate(model, create_loader(ds, 250, False, seed), device=device, distributed=False)['top1']
+
+
+def _progressive_table(rows: List[Dict[str, Any]]) -> str:
+    lines = ['| training | schedule | epochs | top-1 @ 16 px | train wall time | vs fixed |', '|---|---|---|---|---|---|']
+    fixed = rows[0]['seconds']
+    for row in rows:
+        lines.append(f"| {row['name']} | {row['schedule']} | {row['epochs']} | {row['top1']:.1f} | "
+                     f"{row['seconds']:.1f} s | {100 * (row['seconds'] / fixed - 1):+.0f}% |")
+    return '\n'.join(lines)
+
+
+def _model_results(row: Dict[str, Any], resolutions: Sequence[int], num_samples: int, seed: int) -> str:
+    """Model-card markdown with one model's measured row of the zero-shot table."""
+    cells = ' | '.join(f"{row['top1'][r]:.1f}" for r in resolutions)
+    return (f"Top-1 (%) on {num_samples} held-out `SyntheticShapes` samples (split 'val', seed {seed}) rendered at each "
+            f"test size, S4ND in {row['mode'] or 'its only'} mode; trained at {row['train_size']} px by `s4nd-demo` "
+            f"(seed {seed}).\n\n| test px | " + ' | '.join(str(r) for r in resolutions) + ' |\n|'
+            + '---|' * (len(resolutions) + 1) + f"\n| top-1 | {cells} |")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Run the main job; returns the payload written to results.json."""
+    from s4nd_timm.hub import save_pretrained
+    args = get_args_parser().parse_args(argv)
+    setup_logging()
+    preset = dict(PRESETS['quick' if args.quick else 'full'])
+    if args.epochs is not None:
+        preset['epochs'] = args.epochs
+    device = torch.device(args.device)
+    weights_dir = os.path.join(args.output, 'weights')
+    job_start = time.time()
+    train_kwargs = dict(device=device, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+                        weight_decay=args.weight_decay)
+    provenance = (f"Trained by `s4nd-demo{' --quick' if args.quick else ''} --seed {args.seed}` on "
+                  f"{machine_summary(device)}.")
+
+    def step(msg: str) -> None:
+        _logger.info(f'== {msg} (job time {format_seconds(time.time() - job_start)})')
+
+    step(f"zero-shot resolution change: {', '.join(MODELS)} trained at {LOW_RES} px on {preset['train_samples']} "
+         f"synthetic images for {preset['epochs']} epochs; seed {args.seed}; {machine_summary(device)}")
+    train_set = render_train_set(build_model('S4ND', LOW_RES, args.seed), preset['train_samples'], LOW_RES, args.seed)
+    entries, training = [], {}
+    for label, (name, model_args) in MODELS.items():
+        model = build_model(label, LOW_RES, args.seed)
+        training[label] = train_model(model, train_set, [(LOW_RES, preset['epochs'])], tag=label, **train_kwargs)
+        step(f"{label} trained in {training[label]['seconds']:.1f} s")
+        entries.append({'label': label, 'model': model, 'train_size': LOW_RES, 'architecture': name,
+                        'model_args': model_args})
+    data_args = argparse.Namespace(dataset='synthetic', data_dir=None, seed=args.seed,
+                                   num_samples=preset['test_samples'], split=None)
+    rows = evaluate_resolutions(entries, data_args, preset['resolutions'], device=device)
+    weights = {}
+    for entry in entries:
+        row = next(r for r in rows if r['label'] == entry['label'] and r['mode'] in (None, 'continuous'))
+        weights[entry['label']] = str(save_pretrained(
+            entry['model'].cpu(), os.path.join(weights_dir, entry['architecture']), overwrite=True,
+            results=_model_results(row, preset['resolutions'], preset['test_samples'], args.seed),
+            provenance=provenance))
+
+    progressive = []
+    if not args.skip_progressive:
+        prog_stages = [tuple(s) for s in preset['prog_schedule']]
+        schedules = (('fixed', [(PROG_BASE, preset['prog_epochs'])]), ('progressive', prog_stages))
+        step(f"progressive resizing: S4ND at base {PROG_BASE} px, {preset['prog_epochs']} epochs, "
+             + ' vs '.join(f"{name} {_schedule(stages)}" for name, stages in schedules))
+        base_set = render_train_set(build_model('S4ND', PROG_BASE, args.seed), preset['train_samples'], PROG_BASE,
+                                    args.seed)
+        for name, stages in schedules:
+            model = build_model('S4ND', PROG_BASE, args.seed)
+            stats = train_model(model, base_set, stages, tag=f'S4ND {name}', **train_kwargs)
+            top1 = _eval_at(model, PROG_BASE, preset['test_samples'], args.seed, device)
+            progressive.append({'name': name, 'schedule': _schedule(stages), 'epochs': stats['epochs'], 'top1': top1,
+                                'seconds': stats['seconds']})
+            folder = os.path.join(weights_dir, f"{MODELS['S4ND'][0].split('.')[0]}_{PROG_BASE}px_{name}")
+            weights[f'S4ND {name}'] = str(save_pretrained(
+                model.cpu(), folder, overwrite=True, provenance=provenance,
+                results=f"Top-1 {top1:.1f}% at {PROG_BASE} px on {preset['test_samples']} held-out `SyntheticShapes` "
+                        f"samples (split 'val', seed {args.seed}); training schedule {_schedule(stages)}."))
+            step(f'{name}: top-1 @ {PROG_BASE} px {top1:.1f}% after {stats["seconds"]:.1f} s of training')
+
+    payload = {
+        'job': 's4nd-demo' + (' --quick' if args.quick else ''), 'seed': args.seed,
+        'machine': machine_summary(device), 'seconds': time.time() - job_start,
+        'created': time.strftime('%Y-%m-%d %H:%M:%S'), 'dataset': 'synthetic', 'num_classes': NUM_CLASSES,
+        'models': {label: {'name': name, 'model_args': kw} for label, (name, kw) in MODELS.items()},
+        'preset': {k: list(v) if isinstance(v, tuple) else v for k, v in preset.items()},
+        'optimizer': {'opt': 'adamw', 'lr': args.lr, 'ssm_lr': 1e-3, 'weight_decay': args.weight_decay,
+                      'batch_size': args.batch_size, 'sched': 'cosine'},
+        'training': training, 'progressive': progressive, 'weights': weights,
+    }
+    paths = write_results(args.output, rows, preset['resolutions'], payload, stem='resolution_transfer',
+                          title=f'Trained at {LOW_RES} px, tested at other resolutions (synthetic shapes, '
+                                f'seed {args.seed})', chance=100 / NUM_CLASSES,
+                          extra_markdown=_progressive_table(progressive) if progressive else '')
+    print(f"\nZero-shot resolution change (top-1 %, trained at {LOW_RES} px, * = training resolution):\n\n"
+          f"{format_table(rows, preset['resolutions'])}")
+    if progressive:
+        print(f'\nProgressive resizing vs fixed {PROG_BASE} px training:\n\n{_progressive_table(progressive)}')
+    print(f"\n{machine_summary(device)}, seed {args.seed}: {format_seconds(payload['seconds'])} in all. Wrote "
+          f"{paths['table']}, {paths['json']}, {paths['plot']} and {weights_dir}/")
+    return payload
+
+
+def _schedule(stages: Sequence[Tuple[int, int]]) -> str:
+    """((8, 6), (16, 2)) -> '8 px x 6 -> 16 px x 2'."""
+    return ' -> '.join(f'{size} px x {n}' for size, n in stages)
+
+
+if __name__ == '__main__':
+    main()
