@@ -10,9 +10,16 @@ from typing import Dict, Iterator, Optional, Set
 
 from s4nd_timm.layers import S4ND
 
-__all__ = ['RESOLUTION_MODES', 's4nd_layer_args', 'S4NDModelMixin']
+__all__ = ['PAPER_CFG', 'RESOLUTION_MODES', 's4nd_layer_args', 'S4NDModelMixin']
 
 RESOLUTION_MODES = ('continuous', 'discrete')
+# pretrained_cfg fields shared by every s4nd_* model
+PAPER_CFG = {
+    'license': 'apache-2.0',
+    'paper_ids': 'arXiv:2210.06583',
+    'paper_name': 'S4ND: Modeling Images and Videos as Multidimensional Signals Using State Spaces',
+    'origin_url': 'https://github.com/state-spaces/s4',
+}
 
 
 def s4nd_layer_args(

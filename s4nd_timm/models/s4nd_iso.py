@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from s4nd_timm.hub import build_s4nd_model
 from s4nd_timm.layers import S4ND
 
-from ._common import S4NDModelMixin, s4nd_layer_args
+from ._common import PAPER_CFG, S4NDModelMixin, s4nd_layer_args
 
 __all__ = ['S4NDIsotropic']
 
@@ -295,10 +295,7 @@ def _cfg(**kwargs) -> Dict:
         'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (32, 32), 'fixed_input_size': False,
         'test_input_size': (3, 32, 32), 'crop_pct': 1.0, 'interpolation': 'bilinear',
         'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
-        'first_conv': 'stem', 'classifier': 'head', 'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2210.06583',
-        'paper_name': 'S4ND: Modeling Images and Videos as Multidimensional Signals Using State Spaces',
-        'origin_url': 'https://github.com/state-spaces/s4',
+        'first_conv': 'stem', 'classifier': 'head', **PAPER_CFG,
         **kwargs,
     }
 

@@ -36,7 +36,7 @@ from torch import Tensor
 from s4nd_timm.hub import build_s4nd_model
 from s4nd_timm.layers import S4ND
 
-from ._common import S4NDModelMixin, s4nd_layer_args
+from ._common import PAPER_CFG, S4NDModelMixin, s4nd_layer_args
 
 __all__ = ['S4NDVisionTransformer', 'S4NDViTBlock', 'checkpoint_filter_fn']
 
@@ -185,10 +185,7 @@ def _cfg(**kwargs) -> Dict:
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': False,
         'test_input_size': (3, 224, 224), 'crop_pct': 0.9, 'interpolation': 'bicubic',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2210.06583',
-        'paper_name': 'S4ND: Modeling Images and Videos as Multidimensional Signals Using State Spaces',
-        'origin_url': 'https://github.com/state-spaces/s4',
+        'first_conv': 'patch_embed.proj', 'classifier': 'head', **PAPER_CFG,
         **kwargs,
     }
 
