@@ -333,23 +333,25 @@ def plot_results(rows: Sequence[Dict[str, Any]], resolutions: Sequence[int], pat
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    styles = {'continuous': '-', 'discrete': '--', None: '-.'}
+    styles = {'continuous': '-', 'discrete': '--', None: '-'}
+    labels = list(dict.fromkeys(row['label'] for row in rows))  # one colour per model, one line style per mode
     for row in rows:
-        xs = list(resolutions)
-        line, = ax.plot(xs, [row['top1'][r] for r in xs], styles[row['mode']], marker='o', ms=4, label=_row_name(row))
+        color = f'C{labels.index(row["label"]) % 10}'
+        ax.plot(resolutions, [row['top1'][r] for r in resolutions], styles[row['mode']], color=color, marker='o', ms=4,
+                label=_row_name(row))
         if row['train_size'] in row['top1']:
-            ax.plot([row['train_size']], [row['top1'][row['train_size']]], 'o', ms=11, mfc='none',
-                    mec=line.get_color(), mew=1.5)
+            ax.plot([row['train_size']], [row['top1'][row['train_size']]], 'o', ms=11, mfc='none', mec=color, mew=1.5)
     for size in sorted({row['train_size'] for row in rows}):
         ax.axvline(size, color='0.6', lw=0.8, ls=':')
         ax.annotate(f'trained at {size} px', (size, 1.0), xycoords=('data', 'axes fraction'), xytext=(3, -12),
                     textcoords='offset points', fontsize=8, color='0.4')
     if chance is not None:
         ax.axhline(chance, color='0.3', lw=0.8, ls=':')
-        ax.annotate('chance', (1.0, chance), xycoords=('axes fraction', 'data'), xytext=(-38, 3),
+        ax.annotate(f'chance ({chance:g}%)', (0.0, chance), xycoords=('axes fraction', 'data'), xytext=(3, 3),
                     textcoords='offset points', fontsize=8, color='0.3')
     ax.set_xscale('log', base=2)
     ax.set_xticks(list(resolutions), [str(r) for r in resolutions])
+    ax.set_xlim(min(resolutions) / 1.25, max(resolutions) * 1.25)
     ax.minorticks_off()
     ax.set_ylim(0, 100)
     ax.set_xlabel('test resolution (px)')
@@ -357,13 +359,17 @@ def plot_results(rows: Sequence[Dict[str, Any]], resolutions: Sequence[int], pat
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc='lower left')
+    ax.legend(fontsize=8, loc='upper right', framealpha=0.9)
     fig.tight_layout()
     tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as fh:
-        fig.savefig(fh, format='png')
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as fh:
+            fig.savefig(fh, format='png')
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def machine_summary(device: torch.device) -> str:

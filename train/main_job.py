@@ -8,12 +8,12 @@ the SSM parameter groups of ``optim.py`` and timm's cosine schedule; evaluation 
    trained at low resolution (8 px) on ``SyntheticShapes``, then evaluated on held-out samples rendered at
    8 to 64 px, S4ND in continuous and in discrete mode. Prints the table; writes results.md,
    results.json and resolution_transfer.png.
-2. Progressive resizing: the same S4ND model at base resolution 16 px trained with a resolution schedule
-   (8 px at rate 2, then 16 px) and with fixed 16 px training, for the same number of epochs; compares
-   top-1 at 16 px and training wall time.
+2. Progressive resizing: the same S4ND model at base resolution 32 px trained with a resolution schedule
+   (16 px at rate 2 for 3/4 of the epochs, then 32 px) and with fixed 32 px training, for the same number of
+   epochs; compares top-1 at 32 px and training wall time.
 Trained weights are saved as Hub-format folders with model cards (``s4nd_timm.hub.save_pretrained``):
 ``<output>/weights/s4nd_iso_cifar_small.synthetic`` and ``..._conv2d_small.synthetic`` (the zero-shot pair, the
-repository's ``weights/`` copies), ``..._16px_fixed`` / ``_progressive``; each loads with
+repository's ``weights/`` copies), ``..._32px_fixed`` / ``_progressive``; each loads with
 ``timm.create_model('local-dir:<folder>', pretrained=True)`` or ``s4nd-eval-resolution --model <folder>``.
 
 ``--quick`` runs a smaller version (fewer samples and epochs, test sizes 8-32 px) in about a minute.
@@ -34,7 +34,7 @@ from .engine import accepts_rate, evaluate, format_seconds, train_one_epoch
 from .eval_resolution import evaluate_resolutions, format_table, machine_summary, setup_logging, write_results
 from .optim import create_optimizer
 
-__all__ = ['MODELS', 'PRESETS', 'get_args_parser', 'build_model', 'render_train_set', 'train_model', 'main']
+__all__ = ['MODELS', 'PRESETS', 'get_args_parser', 'build_model', 'render_train_set', 'train_model', 'main', 'cli']
 
 _logger = logging.getLogger('train')
 
@@ -45,16 +45,18 @@ MODELS = {
     'S4ND': ('s4nd_iso_cifar_small.synthetic', dict(bandlimit=0.2, block_drop_rate=0.0)),
     'Conv2D': ('s4nd_iso_cifar_conv2d_small.synthetic', dict(block_drop_rate=0.0)),
 }
-# Run sizes: full (default) and --quick.
+# Run sizes: full (default) and --quick. Progressive resizing: the schedule's last size is the base resolution;
+# the fixed run trains at that size for as many epochs. (8 px holds too little of this dataset's texture
+# information for an 8 px first stage to help; 16 px holds most of it, hence 16 -> 32 px, the paper's low -> base.)
 PRESETS = {
     'full': dict(train_samples=3000, test_samples=1000, epochs=20, resolutions=(8, 16, 32, 64),
-                 prog_epochs=16, prog_schedule=((8, 12), (16, 4))),
+                 prog_samples=2000, prog_schedule=((16, 6), (32, 2))),
     'quick': dict(train_samples=1500, test_samples=400, epochs=10, resolutions=(8, 16, 32),
-                  prog_epochs=6, prog_schedule=((8, 4), (16, 2))),
+                  prog_samples=800, prog_schedule=((16, 2), (32, 1))),
 }
 LOW_RES = 8  # zero-shot training resolution
-PROG_BASE = 16  # progressive-resizing base resolution
 NUM_CLASSES = 10
+EVAL_BATCH = 100  # a smaller batch is faster for large test sizes on CPU
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -124,7 +126,9 @@ def train_model(model: nn.Module, train_set: TensorDataset, stages: Sequence[Tup
     num_updates, start = 0, time.time()
     for epoch, size in enumerate(sizes):
         loader.sampler.set_epoch(epoch)
-        _logger.info(f'[{tag}] epoch {epoch + 1}/{len(sizes)} at {size} px (rate {base / size:g})')
+        if epoch == 0 or size != sizes[epoch - 1]:
+            _logger.info(f'[{tag}] epochs {epoch + 1}-{epoch + sizes.count(size)} of {len(sizes)} at {size} px '
+                         f'(rate {base / size:g}), {len(train_set)} images per epoch')
         metrics = train_one_epoch(epoch, model, loader, optimizer, nn.CrossEntropyLoss(), opts, device=device,
                                   num_batches=len(loader), start_batch=0, num_updates=num_updates,
                                   rate=base / size, pass_rate=pass_rate, lr_scheduler=scheduler,
@@ -143,11 +147,12 @@ def _eval_at(model: nn.Module, size: int, num_samples: int, seed: int, device: t
     data_args = argparse.Namespace(dataset='synthetic', seed=seed, num_classes=NUM_CLASSES, num_frames=None,
                                    train_num_samples=None, val_num_samples=num_samples)
     ds = create_dataset(data_args, 'val', False, dict(config, input_size=(3, size, size)))
-    return evaluate(model, create_loader(ds, 250, False, seed), device=device, distributed=False)['top1']
+    return evaluate(model, create_loader(ds, EVAL_BATCH, False, seed), device=device, distributed=False)['top1']
 
 
 def _progressive_table(rows: List[Dict[str, Any]]) -> str:
-    lines = ['| training | schedule | epochs | top-1 @ 16 px | train wall time | vs fixed |', '|---|---|---|---|---|---|']
+    lines = [f"| training | schedule | epochs | top-1 @ {rows[0]['base_size']} px | train wall time | vs fixed |",
+             '|---|---|---|---|---|---|']
     fixed = rows[0]['seconds']
     for row in rows:
         lines.append(f"| {row['name']} | {row['schedule']} | {row['epochs']} | {row['top1']:.1f} | "
@@ -195,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                         'model_args': model_args})
     data_args = argparse.Namespace(dataset='synthetic', data_dir=None, seed=args.seed,
                                    num_samples=preset['test_samples'], split=None)
-    rows = evaluate_resolutions(entries, data_args, preset['resolutions'], device=device)
+    rows = evaluate_resolutions(entries, data_args, preset['resolutions'], batch_size=EVAL_BATCH, device=device)
     weights = {}
     for entry in entries:
         row = next(r for r in rows if r['label'] == entry['label'] and r['mode'] in (None, 'continuous'))
@@ -207,23 +212,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     progressive = []
     if not args.skip_progressive:
         prog_stages = [tuple(s) for s in preset['prog_schedule']]
-        schedules = (('fixed', [(PROG_BASE, preset['prog_epochs'])]), ('progressive', prog_stages))
-        step(f"progressive resizing: S4ND at base {PROG_BASE} px, {preset['prog_epochs']} epochs, "
+        base, epochs = prog_stages[-1][0], sum(n for _, n in prog_stages)
+        schedules = (('fixed', [(base, epochs)]), ('progressive', prog_stages))
+        step(f"progressive resizing: S4ND at base {base} px, {epochs} epochs on {preset['prog_samples']} images, "
              + ' vs '.join(f"{name} {_schedule(stages)}" for name, stages in schedules))
-        base_set = render_train_set(build_model('S4ND', PROG_BASE, args.seed), preset['train_samples'], PROG_BASE,
-                                    args.seed)
+        base_set = render_train_set(build_model('S4ND', base, args.seed), preset['prog_samples'], base, args.seed)
         for name, stages in schedules:
-            model = build_model('S4ND', PROG_BASE, args.seed)
+            model = build_model('S4ND', base, args.seed)
             stats = train_model(model, base_set, stages, tag=f'S4ND {name}', **train_kwargs)
-            top1 = _eval_at(model, PROG_BASE, preset['test_samples'], args.seed, device)
-            progressive.append({'name': name, 'schedule': _schedule(stages), 'epochs': stats['epochs'], 'top1': top1,
-                                'seconds': stats['seconds']})
-            folder = os.path.join(weights_dir, f"{MODELS['S4ND'][0].split('.')[0]}_{PROG_BASE}px_{name}")
+            top1 = _eval_at(model, base, preset['test_samples'], args.seed, device)
+            progressive.append({'name': name, 'schedule': _schedule(stages), 'epochs': stats['epochs'],
+                                'base_size': base, 'top1': top1, 'seconds': stats['seconds']})
+            folder = os.path.join(weights_dir, f"{MODELS['S4ND'][0].split('.')[0]}_{base}px_{name}")
             weights[f'S4ND {name}'] = str(save_pretrained(
                 model.cpu(), folder, overwrite=True, provenance=provenance,
-                results=f"Top-1 {top1:.1f}% at {PROG_BASE} px on {preset['test_samples']} held-out `SyntheticShapes` "
+                results=f"Top-1 {top1:.1f}% at {base} px on {preset['test_samples']} held-out `SyntheticShapes` "
                         f"samples (split 'val', seed {args.seed}); training schedule {_schedule(stages)}."))
-            step(f'{name}: top-1 @ {PROG_BASE} px {top1:.1f}% after {stats["seconds"]:.1f} s of training')
+            step(f'{name}: top-1 @ {base} px {top1:.1f}% after {stats["seconds"]:.1f} s of training')
 
     payload = {
         'job': 's4nd-demo' + (' --quick' if args.quick else ''), 'seed': args.seed,
@@ -242,7 +247,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     print(f"\nZero-shot resolution change (top-1 %, trained at {LOW_RES} px, * = training resolution):\n\n"
           f"{format_table(rows, preset['resolutions'])}")
     if progressive:
-        print(f'\nProgressive resizing vs fixed {PROG_BASE} px training:\n\n{_progressive_table(progressive)}')
+        print(f"\nProgressive resizing vs fixed-resolution training:\n\n{_progressive_table(progressive)}")
     print(f"\n{machine_summary(device)}, seed {args.seed}: {format_seconds(payload['seconds'])} in all. Wrote "
           f"{paths['table']}, {paths['json']}, {paths['plot']} and {weights_dir}/")
     return payload
@@ -253,5 +258,10 @@ def _schedule(stages: Sequence[Tuple[int, int]]) -> str:
     return ' -> '.join(f'{size} px x {n}' for size, n in stages)
 
 
-if __name__ == '__main__':
+def cli() -> None:
+    """Console entry point ``s4nd-demo``."""
     main()
+
+
+if __name__ == '__main__':
+    cli()
