@@ -72,7 +72,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES, help='S4ND resolution modes')
     parser.add_argument('--dataset', '-d', default='synthetic', metavar='NAME', help='synthetic, cifar10 or imagenet')
     parser.add_argument('--data-dir', default=None, metavar='DIR', help='dataset root (cifar10, imagenet)')
-    parser.add_argument('--split', default=None, metavar='NAME', help='default: val (synthetic, imagenet), test (cifar10)')
+    parser.add_argument('--split', default=None, metavar='NAME',
+                        help='default: val (synthetic, imagenet), test (cifar10)')
     parser.add_argument('--num-samples', type=int, default=1000, metavar='N', help='synthetic: samples rendered')
     parser.add_argument('-b', '--batch-size', type=int, default=250, metavar='N')
     parser.add_argument('-j', '--workers', type=int, default=0, metavar='N', help='data loading processes')
@@ -141,11 +142,12 @@ def load_model(spec: str, model_kwargs: Optional[Dict[str, Any]] = None) -> Tupl
     state_dict, train_args = _read_checkpoint(path)
     train_size = None
     if train_args is not None:
-        name = name or train_args.model
-        model_kwargs = {**(train_args.model_kwargs or {}), **model_kwargs}
-        train_size = train_args.input_size[-1] if train_args.input_size else train_args.img_size
-        if train_args.img_size and 'img_size' not in model_kwargs:
-            model_kwargs['img_size'] = train_args.img_size
+        name = name or getattr(train_args, 'model', None)
+        model_kwargs = {**(getattr(train_args, 'model_kwargs', None) or {}), **model_kwargs}
+        img_size, input_size = getattr(train_args, 'img_size', None), getattr(train_args, 'input_size', None)
+        train_size = input_size[-1] if input_size else img_size
+        if img_size and 'img_size' not in model_kwargs:
+            model_kwargs['img_size'] = img_size
     if name is None:
         raise ValueError(f"checkpoint {path!r} does not name its model; pass NAME={path} (and its construction "
                          "args with --model-kwargs).")
@@ -252,28 +254,32 @@ def evaluate_resolutions(
         resolutions: Sequence[int],
         modes: Sequence[str] = MODES,
         batch_size: int = 250,
-        device: torch.device = torch.device('cpu'),
+        device: Optional[torch.device] = None,
         workers: int = 0,
 ) -> List[Dict[str, Any]]:
     """Top-1 / top-5 / loss of every model (and S4ND mode) at every resolution.
 
     Args:
-        entries: dicts with 'model' (nn.Module), 'label', 'train_size' (and any other keys, copied to the rows).
+        entries: dicts with 'model' (nn.Module), 'label', 'train_size', optionally 'modes' (this model's S4ND
+            modes), and any other keys (copied to the rows).
         data_args: dataset, data_dir, seed, num_samples (synthetic), split (None: the dataset's eval split).
         resolutions: test sizes in px (square images).
         modes: S4ND resolution modes to evaluate; models without S4ND get one row with mode None.
+        device: where to evaluate (default CPU).
     Returns:
         one row per (model, mode): the entry's fields without 'model', 'mode', and 'top1', 'top5', 'loss',
         'seconds', each a dict {resolution: value}; 'samples'.
     """
     from timm.data import resolve_data_config
     check_resolutions(entries, resolutions)
+    device = device or torch.device('cpu')
     split = data_args.split or default_splits(data_args.dataset)[1]
     expected = _dataset_classes(data_args, split)
     rows = []
-    runs = sum(len(modes) if has_s4nd(e['model']) else 1 for e in entries) * len(resolutions)
+    model_modes = [tuple(e.get('modes', modes)) if has_s4nd(e['model']) else (None,) for e in entries]
+    runs = sum(len(m) for m in model_modes) * len(resolutions)
     done, start = 0, time.time()
-    for entry in entries:
+    for entry, entry_modes in zip(entries, model_modes):
         model = entry['model']
         if expected is not None and model.num_classes != expected:
             raise ValueError(f"{entry['label']} has {model.num_classes} outputs but {data_args.dataset} has {expected} "
@@ -284,10 +290,10 @@ def evaluate_resolutions(
             config['crop_pct'] = 1.0  # small, centred images: resize only
         model.to(device)
         previous = getattr(model, 's4nd_resolution', None)
-        for mode in (modes if has_s4nd(model) else (None,)):
+        for mode in entry_modes:
             if mode is not None:
                 _set_mode(model, mode)
-            row = {k: v for k, v in entry.items() if k != 'model'}
+            row = {k: v for k, v in entry.items() if k not in ('model', 'modes')}
             row.update(mode=mode, top1={}, top5={}, loss={}, seconds={})
             for res in resolutions:
                 t0 = time.time()
@@ -399,7 +405,8 @@ def write_results(output: str, rows: Sequence[Dict[str, Any]], resolutions: Sequ
     os.makedirs(output, exist_ok=True)
     paths = {'table': os.path.join(output, 'results.md'), 'json': os.path.join(output, 'results.json'),
              'plot': os.path.join(output, f'{stem}.png')}
-    atomic_write_text(paths['table'], format_table(rows, resolutions) + '\n' + (f'\n{extra_markdown}\n' if extra_markdown else ''))
+    extra = f'\n{extra_markdown}\n' if extra_markdown else ''
+    atomic_write_text(paths['table'], format_table(rows, resolutions) + '\n' + extra)
     payload = {**meta, 'resolutions': list(resolutions), 'results': _jsonable(rows)}
     atomic_write_text(paths['json'], json.dumps(payload, indent=1) + '\n')
     plot_results(rows, resolutions, paths['plot'], title=title, chance=chance)
@@ -448,9 +455,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def cli() -> None:
     """Console entry point: one-line errors for user mistakes."""
+    from s4nd_timm.hub import PretrainedWeightsError
     try:
         main()
-    except ValueError as e:
+    except (ValueError, PretrainedWeightsError) as e:
         print(f's4nd-eval-resolution: error: {e}', file=sys.stderr)
         sys.exit(2)
 

@@ -4,19 +4,21 @@ Origin: written for s4nd_timm after the paper's CIFAR-10 resolution experiments 
 scaled down to run on a 2-core CPU in minutes with no downloads. Training is ``engine.train_one_epoch`` with
 the SSM parameter groups of ``optim.py`` and timm's cosine schedule; evaluation is ``eval_resolution``.
 
-1. Zero-shot resolution change: the isotropic S4ND model (bandlimited kernels) and its Conv2D twin are
-   trained at low resolution (8 px) on ``SyntheticShapes``, then evaluated on held-out samples rendered at
-   8 to 64 px, S4ND in continuous and in discrete mode. Prints the table; writes results.md,
-   results.json and resolution_transfer.png.
+1. Zero-shot resolution change: the isotropic S4ND model (bandlimited kernels) and its Conv2D twin (and, in
+   the full run, the S4ND model without bandlimiting) are trained at low resolution (8 px) on
+   ``SyntheticShapes``, then evaluated on held-out samples rendered at 8 to 64 px, S4ND in continuous and
+   in discrete mode. Prints the table; writes results.md, results.json and resolution_transfer.png.
 2. Progressive resizing: the same S4ND model at base resolution 32 px trained with a resolution schedule
    (16 px at rate 2 for 3/4 of the epochs, then 32 px) and with fixed 32 px training, for the same number of
    epochs; compares top-1 at 32 px and training wall time.
 Trained weights are saved as Hub-format folders with model cards (``s4nd_timm.hub.save_pretrained``):
 ``<output>/weights/s4nd_iso_cifar_small.synthetic`` and ``..._conv2d_small.synthetic`` (the zero-shot pair, the
-repository's ``weights/`` copies), ``..._32px_fixed`` / ``_progressive``; each loads with
+repository's ``weights/`` copies), ``s4nd_iso_cifar_small_no_bandlimit``, ``..._32px_fixed`` / ``_progressive``;
+each loads with
 ``timm.create_model('local-dir:<folder>', pretrained=True)`` or ``s4nd-eval-resolution --model <folder>``.
 
-``--quick`` runs a smaller version (fewer samples and epochs, test sizes 8-32 px) in about a minute.
+``--quick`` runs a smaller version (fewer samples and epochs, test sizes 8-32 px, no unbandlimited model) in
+about a minute.
 A GPU is used when present.
 """
 import argparse
@@ -38,20 +40,24 @@ __all__ = ['MODELS', 'PRESETS', 'get_args_parser', 'build_model', 'render_train_
 
 _logger = logging.getLogger('train')
 
-# table label -> (registered name with its weight tag, construction args). The S4ND settings are the paper's
-# zero-shot ones that fit a CPU (bandlimit 0.2, Δ in [0.1, 1]); no block dropout, which at this size costs
-# accuracy at every resolution. The tags have model cards (model_cards/<name>.md) and weights/<name> folders.
+# Zero-shot models, table label -> name (registered, with its weight tag), construction args, weights folder
+# (default: the name), S4ND modes evaluated (default both). The S4ND settings are the paper's zero-shot ones that
+# fit a CPU (bandlimit 0.2, Δ in [0.1, 1]); no block dropout, which at this size costs accuracy at every
+# resolution. The tags have model cards (model_cards/<name>.md) and weights/<name> folders. The unbandlimited
+# S4ND (full run only) shows what bandlimiting does.
 MODELS = {
-    'S4ND': ('s4nd_iso_cifar_small.synthetic', dict(bandlimit=0.2, block_drop_rate=0.0)),
-    'Conv2D': ('s4nd_iso_cifar_conv2d_small.synthetic', dict(block_drop_rate=0.0)),
+    'S4ND': dict(name='s4nd_iso_cifar_small.synthetic', args=dict(bandlimit=0.2, block_drop_rate=0.0)),
+    'S4ND, no bandlimit': dict(name='s4nd_iso_cifar_small', args=dict(bandlimit=None, block_drop_rate=0.0),
+                               folder='s4nd_iso_cifar_small_no_bandlimit', modes=('continuous',)),
+    'Conv2D': dict(name='s4nd_iso_cifar_conv2d_small.synthetic', args=dict(block_drop_rate=0.0)),
 }
 # Run sizes: full (default) and --quick. Progressive resizing: the schedule's last size is the base resolution;
 # the fixed run trains at that size for as many epochs. (8 px holds too little of this dataset's texture
 # information for an 8 px first stage to help; 16 px holds most of it, hence 16 -> 32 px, the paper's low -> base.)
 PRESETS = {
-    'full': dict(train_samples=3000, test_samples=1000, epochs=20, resolutions=(8, 16, 32, 64),
-                 prog_samples=2000, prog_schedule=((16, 6), (32, 2))),
-    'quick': dict(train_samples=1500, test_samples=400, epochs=10, resolutions=(8, 16, 32),
+    'full': dict(models=('S4ND', 'S4ND, no bandlimit', 'Conv2D'), train_samples=3000, test_samples=1000, epochs=20,
+                 resolutions=(8, 16, 32, 64), prog_samples=1600, prog_schedule=((16, 6), (32, 2))),
+    'quick': dict(models=('S4ND', 'Conv2D'), train_samples=2000, test_samples=400, epochs=15, resolutions=(8, 16, 32),
                   prog_samples=800, prog_schedule=((16, 2), (32, 1))),
 }
 LOW_RES = 8  # zero-shot training resolution
@@ -78,9 +84,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def build_model(label: str, img_size: int, seed: int) -> nn.Module:
     """One of ``MODELS`` at base resolution ``img_size``, initialized from ``seed``."""
     import timm
-    name, kwargs = MODELS[label]
     torch.manual_seed(seed)
-    return timm.create_model(name, img_size=img_size, num_classes=NUM_CLASSES, **kwargs)
+    spec = MODELS[label]
+    return timm.create_model(spec['name'], img_size=img_size, num_classes=NUM_CLASSES, **spec['args'])
 
 
 def render_train_set(model: nn.Module, num_samples: int, img_size: int, seed: int) -> TensorDataset:
@@ -162,11 +168,12 @@ def _progressive_table(rows: List[Dict[str, Any]]) -> str:
 
 def _model_results(row: Dict[str, Any], resolutions: Sequence[int], num_samples: int, seed: int) -> str:
     """Model-card markdown with one model's measured row of the zero-shot table."""
+    mode = f", S4ND layers in {row['mode']} mode" if row['mode'] else ''
+    head = ' | '.join(str(r) for r in resolutions)
     cells = ' | '.join(f"{row['top1'][r]:.1f}" for r in resolutions)
-    return (f"Top-1 (%) on {num_samples} held-out `SyntheticShapes` samples (split 'val', seed {seed}) rendered at each "
-            f"test size, S4ND in {row['mode'] or 'its only'} mode; trained at {row['train_size']} px by `s4nd-demo` "
-            f"(seed {seed}).\n\n| test px | " + ' | '.join(str(r) for r in resolutions) + ' |\n|'
-            + '---|' * (len(resolutions) + 1) + f"\n| top-1 | {cells} |")
+    return (f"Top-1 (%) on {num_samples} held-out `SyntheticShapes` samples (split 'val', seed {seed}) rendered at "
+            f"each test size{mode}; trained at {row['train_size']} px by `s4nd-demo` (seed {seed}).\n\n"
+            f"| test px | {head} |\n|{'---|' * (len(resolutions) + 1)}\n| top-1 | {cells} |")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -188,26 +195,27 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     def step(msg: str) -> None:
         _logger.info(f'== {msg} (job time {format_seconds(time.time() - job_start)})')
 
-    step(f"zero-shot resolution change: {', '.join(MODELS)} trained at {LOW_RES} px on {preset['train_samples']} "
-         f"synthetic images for {preset['epochs']} epochs; seed {args.seed}; {machine_summary(device)}")
+    step(f"zero-shot resolution change: {', '.join(preset['models'])} trained at {LOW_RES} px on "
+         f"{preset['train_samples']} synthetic images for {preset['epochs']} epochs; seed {args.seed}; "
+         f"{machine_summary(device)}")
     train_set = render_train_set(build_model('S4ND', LOW_RES, args.seed), preset['train_samples'], LOW_RES, args.seed)
     entries, training = [], {}
-    for label, (name, model_args) in MODELS.items():
+    for label in preset['models']:
         model = build_model(label, LOW_RES, args.seed)
         training[label] = train_model(model, train_set, [(LOW_RES, preset['epochs'])], tag=label, **train_kwargs)
         step(f"{label} trained in {training[label]['seconds']:.1f} s")
-        entries.append({'label': label, 'model': model, 'train_size': LOW_RES, 'architecture': name,
-                        'model_args': model_args})
+        entries.append({'label': label, 'model': model, 'train_size': LOW_RES, 'architecture': MODELS[label]['name'],
+                        **({'modes': MODELS[label]['modes']} if 'modes' in MODELS[label] else {})})
     data_args = argparse.Namespace(dataset='synthetic', data_dir=None, seed=args.seed,
                                    num_samples=preset['test_samples'], split=None)
     rows = evaluate_resolutions(entries, data_args, preset['resolutions'], batch_size=EVAL_BATCH, device=device)
     weights = {}
     for entry in entries:
         row = next(r for r in rows if r['label'] == entry['label'] and r['mode'] in (None, 'continuous'))
+        folder = os.path.join(weights_dir, MODELS[entry['label']].get('folder', entry['architecture']))
         weights[entry['label']] = str(save_pretrained(
-            entry['model'].cpu(), os.path.join(weights_dir, entry['architecture']), overwrite=True,
-            results=_model_results(row, preset['resolutions'], preset['test_samples'], args.seed),
-            provenance=provenance))
+            entry['model'].cpu(), folder, overwrite=True, provenance=provenance,
+            results=_model_results(row, preset['resolutions'], preset['test_samples'], args.seed)))
 
     progressive = []
     if not args.skip_progressive:
@@ -223,7 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             top1 = _eval_at(model, base, preset['test_samples'], args.seed, device)
             progressive.append({'name': name, 'schedule': _schedule(stages), 'epochs': stats['epochs'],
                                 'base_size': base, 'top1': top1, 'seconds': stats['seconds']})
-            folder = os.path.join(weights_dir, f"{MODELS['S4ND'][0].split('.')[0]}_{base}px_{name}")
+            folder = os.path.join(weights_dir, f"{MODELS['S4ND']['name'].split('.')[0]}_{base}px_{name}")
             weights[f'S4ND {name}'] = str(save_pretrained(
                 model.cpu(), folder, overwrite=True, provenance=provenance,
                 results=f"Top-1 {top1:.1f}% at {base} px on {preset['test_samples']} held-out `SyntheticShapes` "
@@ -234,15 +242,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         'job': 's4nd-demo' + (' --quick' if args.quick else ''), 'seed': args.seed,
         'machine': machine_summary(device), 'seconds': time.time() - job_start,
         'created': time.strftime('%Y-%m-%d %H:%M:%S'), 'dataset': 'synthetic', 'num_classes': NUM_CLASSES,
-        'models': {label: {'name': name, 'model_args': kw} for label, (name, kw) in MODELS.items()},
+        'models': {label: MODELS[label] for label in preset['models']},
         'preset': {k: list(v) if isinstance(v, tuple) else v for k, v in preset.items()},
         'optimizer': {'opt': 'adamw', 'lr': args.lr, 'ssm_lr': 1e-3, 'weight_decay': args.weight_decay,
                       'batch_size': args.batch_size, 'sched': 'cosine'},
         'training': training, 'progressive': progressive, 'weights': weights,
     }
     paths = write_results(args.output, rows, preset['resolutions'], payload, stem='resolution_transfer',
-                          title=f'Trained at {LOW_RES} px, tested at other resolutions (synthetic shapes, '
-                                f'seed {args.seed})', chance=100 / NUM_CLASSES,
+                          title=f'Trained at {LOW_RES} px, tested at other sizes (synthetic shapes, seed {args.seed})',
+                          chance=100 / NUM_CLASSES,
                           extra_markdown=_progressive_table(progressive) if progressive else '')
     print(f"\nZero-shot resolution change (top-1 %, trained at {LOW_RES} px, * = training resolution):\n\n"
           f"{format_table(rows, preset['resolutions'])}")
