@@ -42,15 +42,16 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Unio
 import torch.nn as nn
 
 __all__ = [
-    'HF_ORG', 'MODEL_CARDS_DIR', 'REPO_WEIGHTS_DIR', 'PretrainedWeightsError', 'build_s4nd_model',
-    'save_pretrained', 'push_to_hub', 'render_model_card', 'repo_weights_dir', 'model_args_of']
+    'HF_ORG', 'MODEL_CARDS_DIR', 'PACKAGED_WEIGHTS_DIR', 'PretrainedWeightsError', 'build_s4nd_model',
+    'save_pretrained', 'push_to_hub', 'render_model_card', 'packaged_weights_dir', 'model_args_of']
 
 _logger = logging.getLogger(__name__)
 
 HF_ORG = 's4nd-timm'
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CARDS_DIR = _REPO_ROOT / 'model_cards'
-REPO_WEIGHTS_DIR = _REPO_ROOT / 'weights'
+# save_pretrained folders of the weights that ship with the package (package data, in the wheel too)
+PACKAGED_WEIGHTS_DIR = Path(__file__).resolve().parent / 'weights'
 CARD_TEMPLATE = '_template.md'
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
@@ -90,25 +91,21 @@ def _hub_errors() -> Tuple[type, ...]:
     return tuple(errors)
 
 
-def repo_weights_dir(name: str) -> Path:
-    """Folder of the repository's Hub-format copy of ``name`` ('<model>.<tag>'): weights/<name> of the repository
-    (editable install) or of the current directory; it may not exist (no copy shipped, or an installed wheel)."""
-    for root in (REPO_WEIGHTS_DIR, Path.cwd() / 'weights'):
-        if (root / name).is_dir():
-            return root / name
-    return REPO_WEIGHTS_DIR / name
+def packaged_weights_dir(name: str) -> Path:
+    """Folder of the weights of ``name`` ('<model>.<tag>') that ship with the package (it may not exist)."""
+    return PACKAGED_WEIGHTS_DIR / name
 
 
 def _local_file_hint(name: str) -> str:
     """How to load ``name`` from local files instead; names the repository copy when there is one."""
-    copy = repo_weights_dir(name) / WEIGHTS_NAME
+    copy = packaged_weights_dir(name) / WEIGHTS_NAME
     lines = [
         f"To load a local copy of these weights: timm.create_model('{name}', pretrained=True, "
         f"pretrained_cfg_overlay=dict(file='/path/to/{WEIGHTS_NAME}')); a folder written by "
         f"s4nd_timm.hub.save_pretrained or s4nd-convert: timm.create_model('local-dir:/path/to/folder', "
         f"pretrained=True). A state-spaces/s4 reference checkpoint: convert it first with s4nd-convert."]
     if copy.is_file():
-        lines.append(f"A copy ships in this repository: pretrained_cfg_overlay=dict(file='{copy}').")
+        lines.append(f"A copy ships with s4nd_timm: pretrained_cfg_overlay=dict(file='{copy}').")
     return ' '.join(lines)
 
 
@@ -476,25 +473,37 @@ def atomic_directory(directory: Union[str, Path], overwrite: bool = False) -> It
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _describe_current_head(config_path: Path, model: nn.Module) -> None:
-    """config.json's pretrained_cfg must describe the saved weights: timm < 1.0.31 copies the registry tag's class
-    count and input channels (e.g. 1000 for a model re-headed to 10 classes), so timm would drop the classifier when
-    loading the file by tag. Rewrites them from the model (inside save_pretrained's temporary folder)."""
+def _describe_saved_model(config_path: Path, model: nn.Module, model_args: Mapping[str, Any]) -> None:
+    """config.json's pretrained_cfg must describe the saved model, not the registry tag it was built from: timm
+    copies the tag's class count, input channels and input size (e.g. 1000 classes for a model re-headed to 10, or
+    32 px for a model built with img_size=8). Rewrites them from the model (inside save_pretrained's temporary
+    folder): the classifier, in_chans, and the input size from ``img_size`` (test size and pool size follow it)."""
     config = json.loads(config_path.read_text(encoding='utf-8'))
     cfg = config.get('pretrained_cfg') or {}
+    before = json.dumps(cfg, sort_keys=True)
     num_classes, in_chans = getattr(model, 'num_classes', None), getattr(model, 'in_chans', None)
-    changed = False
     if isinstance(num_classes, int) and cfg.get('num_classes') != num_classes:
         cfg['num_classes'] = num_classes
         for key in ('label_names', 'label_descriptions', 'label_offset'):
             cfg.pop(key, None)
-        changed = True
+    size = model_args.get('img_size')
+    if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(size) == 2):
+        size = [size, size] if isinstance(size, int) else list(size)
+        old = (cfg.get('input_size') or [None])[1:]
+        if old != size:
+            pool = cfg.get('pool_size')
+            strides = [o // p for o, p in zip(old, pool)] if pool and len(old) == 2 else None
+            if strides and all(st and s % st == 0 for s, st in zip(size, strides)):
+                cfg['pool_size'] = [s // st for s, st in zip(size, strides)]  # same total stride
+            else:
+                cfg.pop('pool_size', None)
+            cfg['input_size'] = [3, *size]
+            cfg['test_input_size'] = [3, *size]  # the registry's test size belongs to its own input size
     if isinstance(in_chans, int):
         for key in ('input_size', 'test_input_size', 'min_input_size'):
             if cfg.get(key) and cfg[key][0] != in_chans:
                 cfg[key] = [in_chans, *cfg[key][1:]]
-                changed = True
-    if changed:
+    if json.dumps(cfg, sort_keys=True) != before:
         config['pretrained_cfg'] = cfg
         config_path.write_text(json.dumps(config, indent=2), encoding='utf-8')
 
@@ -539,7 +548,7 @@ def save_pretrained(
     card = render_model_card(model, name=name, results=results, provenance=provenance, cards_dir=cards_dir)
     with atomic_directory(directory, overwrite=overwrite) as tmp:
         save_for_hf(model, str(tmp), model_config=dict(model_config or {}), model_args=args, safe_serialization=True)
-        _describe_current_head(tmp / CONFIG_NAME, model)
+        _describe_saved_model(tmp / CONFIG_NAME, model, args)
         (tmp / CARD_NAME).write_text(card, encoding='utf-8')
     return Path(directory)
 

@@ -54,7 +54,7 @@ def test_save_then_reload_by_local_dir_and_by_file_gives_identical_outputs(tmp_p
 
 def test_weights_file_refuses_a_model_built_with_other_settings(tmp_path):
     folder = save_pretrained(timm.create_model('s4nd_iso_cifar_small.synthetic', **SMALL), tmp_path / 'm')
-    with pytest.raises(PretrainedWeightsError, match=r"bandlimit=0.5 \(this model: None\).*img_size.*local-dir:"):
+    with pytest.raises(PretrainedWeightsError, match=r"bandlimit=0.5 \(this model: 0.2\).*img_size.*local-dir:"):
         timm.create_model('s4nd_iso_cifar_small.synthetic', pretrained=True, d_state=8,
                           pretrained_cfg_overlay=dict(file=str(folder / 'model.safetensors')))
 
@@ -108,24 +108,25 @@ def _put_in_hub_cache(cache: Path, repo_id: str, files: dict) -> None:
 def test_hf_hub_loading_through_huggingface_hub_offline_cache(tmp_path):
     """The real huggingface_hub download path (HF_HUB_OFFLINE=1) against a pre-populated cache: by registry tag
     (its hf_hub_id), by hf-hub: id; a repo without weights and a repo not cached give the clear error."""
-    model = timm.create_model('s4nd_iso_cifar_small.synthetic', d_state=8).eval()
+    name = 's4nd_iso_cifar_small.c10'  # a tag without packaged weights: its hf_hub_id is the source
+    model = timm.create_model(name, d_state=8).eval()
     folder = save_pretrained(model, tmp_path / 'saved')
     x = torch.randn(2, 3, 16, 16)
     torch.save({'x': x, 'y': _outputs(model, x)}, tmp_path / 'expect.pt')
     cache = tmp_path / 'hub'
-    _put_in_hub_cache(cache, 's4nd-timm/s4nd_iso_cifar_small.synthetic',
-                      {n: folder / n for n in ('model.safetensors', 'config.json', 'README.md')})
-    _put_in_hub_cache(cache, 's4nd-timm/s4nd_iso_cifar_conv2d_small.synthetic', {'README.md': folder / 'README.md'})
+    files = ('model.safetensors', 'config.json', 'README.md')
+    _put_in_hub_cache(cache, f's4nd-timm/{name}', {n: folder / n for n in files})
+    _put_in_hub_cache(cache, 's4nd-timm/s4nd_iso_cifar_conv2d_small.c10', {'README.md': folder / 'README.md'})
     script = textwrap.dedent(f"""
         import json, torch, timm, s4nd_timm
         e = torch.load({str(tmp_path / 'expect.pt')!r})
         out = {{}}
         with torch.no_grad():
-            m = timm.create_model('s4nd_iso_cifar_small.synthetic', pretrained=True, d_state=8).eval()
+            m = timm.create_model('{name}', pretrained=True, d_state=8).eval()
             out['tag'] = torch.equal(m(e['x']), e['y'])
-            m = timm.create_model('hf-hub:s4nd-timm/s4nd_iso_cifar_small.synthetic', pretrained=True).eval()
+            m = timm.create_model('hf-hub:s4nd-timm/{name}', pretrained=True).eval()
             out['hf_hub'] = torch.equal(m(e['x']), e['y'])
-        for name in ('s4nd_iso_cifar_conv2d_small.synthetic', 's4nd_vit_tiny_patch16.in1k'):
+        for name in ('s4nd_iso_cifar_conv2d_small.c10', 's4nd_vit_tiny_patch16.in1k'):
             try:
                 timm.create_model(name, pretrained=True)
                 out[name] = 'loaded'
@@ -139,7 +140,7 @@ def test_hf_hub_loading_through_huggingface_hub_offline_cache(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out['tag'] is True and out['hf_hub'] is True
-    for name in ('s4nd_iso_cifar_conv2d_small.synthetic', 's4nd_vit_tiny_patch16.in1k'):
+    for name in ('s4nd_iso_cifar_conv2d_small.c10', 's4nd_vit_tiny_patch16.in1k'):
         msg = out[name]
         assert f"Hugging Face Hub repo 's4nd-timm/{name}'" in msg, msg
         assert 'no random weights' in msg and 'pretrained_cfg_overlay=dict(file=' in msg and 'local-dir:' in msg, msg
@@ -207,16 +208,35 @@ def test_without_the_model_cards_folder_a_minimal_card_is_written(tmp_path, monk
     assert '{{' not in card and 'arXiv:2210.06583' in body
 
 
+def test_saved_config_describes_the_saved_input_size_and_head(tmp_path):
+    """config.json's pretrained_cfg follows img_size and the head, not the registry tag the model was built from."""
+    model = timm.create_model('s4nd_iso_cifar_small.c10', img_size=12, d_state=8, num_classes=4)
+    cfg = json.loads((save_pretrained(model, tmp_path / 'm') / 'config.json').read_text())['pretrained_cfg']
+    assert cfg['input_size'] == cfg['test_input_size'] == [3, 12, 12] and cfg['pool_size'] == [12, 12]
+    assert cfg['num_classes'] == 4
+    reloaded = timm.create_model(f'local-dir:{tmp_path / "m"}', pretrained=True)
+    assert timm.data.resolve_data_config({}, model=reloaded)['input_size'] == (3, 12, 12)
+
+
 @pytest.mark.parametrize('name', [n for n in timm.list_pretrained('s4nd_*') if n.endswith('.synthetic')])
-def test_weights_shipped_in_the_repository_load_by_tag(name):
-    """weights/<model>.<tag>/ (written by the main job's training with save_pretrained) loads by its tag."""
-    folder = hub.repo_weights_dir(name)
-    if not (folder / 'model.safetensors').is_file():
-        pytest.skip(f'{folder} is not in this checkout (written by the main job, s4nd-demo)')
+def test_shipped_weights_load_by_tag_offline(name, monkeypatch):
+    """The '.synthetic' weights ship with the package (s4nd_timm/weights/<name>/, written by s4nd-demo with
+    save_pretrained): pretrained=True by tag loads them with no network, into the model the tag names."""
+    from s4nd_timm.models.s4nd_iso import TAG_MODEL_ARGS
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    folder = hub.packaged_weights_dir(name)
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == name.split('.')[0]
+    for key, value in TAG_MODEL_ARGS[name].items():  # the tag's arguments are the ones the weights were saved with
+        want = [value, value] if key == 'img_size' and isinstance(value, int) else value  # config.json: [H, W]
+        assert config['model_args'][key] in (value, want), (key, config['model_args'])
+    assert config['pretrained_cfg']['input_size'] == [3, 8, 8] and config['model_args']['num_classes'] == 10
+    by_tag = timm.create_model(name, pretrained=True)
     by_dir = timm.create_model(f'local-dir:{folder}', pretrained=True)
-    by_tag = timm.create_model(name, pretrained=True,
-                               pretrained_cfg_overlay=dict(file=str(folder / 'model.safetensors')))
-    x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(_outputs(by_tag, x), _outputs(by_dir, x), rtol=0, atol=0)
-    meta, _ = _front_matter((folder / 'README.md').read_text())
-    assert meta['library_name'] == 'timm'
+    for size in (8, 32):
+        x = torch.randn(2, 3, size, size)
+        torch.testing.assert_close(_outputs(by_tag, x), _outputs(by_dir, x), rtol=0, atol=0)
+    fresh = timm.create_model(name)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), by_tag.state_dict().values()))
+    meta, body = _front_matter((folder / 'README.md').read_text())
+    assert meta['library_name'] == 'timm' and 'Top-1' in body

@@ -18,6 +18,8 @@ def test_wheel_contents(tmp_path):
     assert tops <= {'s4nd_timm', f'{wheel.name.split("-")[0]}-{s4nd_timm.__version__}.dist-info'}, tops
     for module in ('s4nd_timm/kernels/__init__.py', 's4nd_timm/kernels/separable_conv.py',
                    's4nd_timm/train/__init__.py', 's4nd_timm/layers/s4nd.py',
-                   's4nd_timm/model_cards/_template.md', 's4nd_timm/model_cards/s4nd_convnext_tiny.in1k.md'):
+                   's4nd_timm/model_cards/_template.md', 's4nd_timm/model_cards/s4nd_convnext_tiny.in1k.md',
+                   's4nd_timm/weights/s4nd_iso_cifar_small.synthetic/model.safetensors',
+                   's4nd_timm/weights/s4nd_iso_cifar_conv2d_small.synthetic/config.json'):
         assert module in names
 

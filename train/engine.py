@@ -12,19 +12,63 @@ Resolution (spec §5): a batch arrives at the base resolution; ``resize_for_rate
 import inspect
 import logging
 import math
+import sys
 import time
 from contextlib import nullcontext
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['accepts_rate', 'resize_for_rate', 'forward_at_rate', 'train_one_epoch', 'evaluate', 'format_seconds']
+__all__ = ['accepts_rate', 'resize_for_rate', 'forward_at_rate', 'train_one_epoch', 'evaluate', 'format_seconds',
+           'setup_console_logging', 'run_cli']
 
 _logger = logging.getLogger('train')
 
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` / ``sys.stderr`` is at emit time (pytest and notebooks swap them)."""
+
+    def __init__(self, to: str):
+        super().__init__()
+        self.to = to
+
+    @property
+    def stream(self):
+        return getattr(sys, self.to)
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def setup_console_logging(level: int = logging.INFO, to: str = 'stderr') -> None:
+    """One message-only console handler on the root logger, replaced (never duplicated) on each call.
+
+    Progress lines go through loggers that propagate to the root, so callers (and pytest's ``caplog``)
+    see every record; ``to`` is ``'stderr'`` (training) or ``'stdout'`` (tables and the main job).
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _ConsoleHandler)]:
+        root.removeHandler(handler)
+    handler = _ConsoleHandler(to)
+    handler.setFormatter(logging.Formatter('%(message)s'))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+
+def run_cli(main: Callable[[], Any], prog: str) -> None:
+    """Console entry point around ``main()``: a user mistake (a ValueError, or pretrained weights that cannot be
+    loaded) prints one line ``<prog>: error: ...`` and exits with status 2, without a traceback."""
+    from s4nd_timm.hub import PretrainedWeightsError
+    try:
+        main()
+    except (ValueError, PretrainedWeightsError) as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        sys.exit(2)
 
 # --- resolution: the one place that knows how a rate reaches data and model -----------------------------
 

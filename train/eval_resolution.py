@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import platform
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -45,7 +44,7 @@ import torch.nn as nn
 
 from .checkpoint import atomic_write_text
 from .data import check_image_folder, create_dataset, create_loader, dataset_kind, default_splits
-from .engine import evaluate
+from .engine import evaluate, run_cli, setup_console_logging
 
 __all__ = ['MODES', 'get_args_parser', 'load_model', 'min_resolution', 'train_resolution', 'has_s4nd',
            'check_resolutions', 'evaluate_resolutions', 'format_table', 'plot_results', 'write_results',
@@ -413,22 +412,10 @@ def write_results(output: str, rows: Sequence[Dict[str, Any]], resolutions: Sequ
     return paths
 
 
-def setup_logging() -> None:
-    """Progress lines (logger 'train') to stdout, message only."""
-    logger = logging.getLogger('train')
-    if not any(getattr(h, '_s4nd_eval', False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter('%(message)s'))
-        handler._s4nd_eval = True
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Evaluate; returns {'rows', 'paths', 'table'}."""
     args = get_args_parser().parse_args(argv)
-    setup_logging()
+    setup_console_logging(to='stdout')
     if args.train_size is not None and len(args.train_size) != len(args.model):
         raise ValueError(f"--train-size needs one size per --model ({len(args.model)}); got {args.train_size}")
     if any(r < 1 for r in args.resolutions):
@@ -454,13 +441,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 def cli() -> None:
-    """Console entry point: one-line errors for user mistakes."""
-    from s4nd_timm.hub import PretrainedWeightsError
-    try:
-        main()
-    except (ValueError, PretrainedWeightsError) as e:
-        print(f's4nd-eval-resolution: error: {e}', file=sys.stderr)
-        sys.exit(2)
+    """Console entry point ``s4nd-eval-resolution``."""
+    run_cli(main, 's4nd-eval-resolution')
 
 
 if __name__ == '__main__':

@@ -32,8 +32,8 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 from .data import create_dataset, create_loader
-from .engine import accepts_rate, evaluate, format_seconds, train_one_epoch
-from .eval_resolution import evaluate_resolutions, format_table, machine_summary, setup_logging, write_results
+from .engine import accepts_rate, evaluate, format_seconds, run_cli, setup_console_logging, train_one_epoch
+from .eval_resolution import evaluate_resolutions, format_table, machine_summary, write_results
 from .optim import create_optimizer
 
 __all__ = ['MODELS', 'PRESETS', 'get_args_parser', 'build_model', 'render_train_set', 'train_model', 'main', 'cli']
@@ -41,12 +41,13 @@ __all__ = ['MODELS', 'PRESETS', 'get_args_parser', 'build_model', 'render_train_
 _logger = logging.getLogger('train')
 
 # Zero-shot models, table label -> name (registered, with its weight tag), construction args, weights folder
-# (default: the name), S4ND modes evaluated (default both). The S4ND settings are the paper's zero-shot ones that
-# fit a CPU (bandlimit 0.2, Δ in [0.1, 1]); no block dropout, which at this size costs accuracy at every
-# resolution. The tags have model cards (model_cards/<name>.md) and weights/<name> folders. The unbandlimited
-# S4ND (full run only) shows what bandlimiting does.
+# (default: the name), S4ND modes evaluated (default both). The '.synthetic' tags carry the paper's zero-shot S4ND
+# settings that fit a CPU (bandlimit 0.2, Δ in [0.1, 1], 8 px; s4nd_timm.models.s4nd_iso.TAG_MODEL_ARGS), have
+# model cards (model_cards/<name>.md) and ship their weights (s4nd_timm/weights/<name>, copied from this job's
+# output). No block dropout, which at this size costs accuracy at every resolution. The unbandlimited S4ND (full
+# run only) shows what bandlimiting does.
 MODELS = {
-    'S4ND': dict(name='s4nd_iso_cifar_small.synthetic', args=dict(bandlimit=0.2, block_drop_rate=0.0)),
+    'S4ND': dict(name='s4nd_iso_cifar_small.synthetic', args=dict(block_drop_rate=0.0)),
     'S4ND, no bandlimit': dict(name='s4nd_iso_cifar_small', args=dict(bandlimit=None, block_drop_rate=0.0),
                                folder='s4nd_iso_cifar_small_no_bandlimit', modes=('continuous',)),
     'Conv2D': dict(name='s4nd_iso_cifar_conv2d_small.synthetic', args=dict(block_drop_rate=0.0)),
@@ -180,7 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the main job; returns the payload written to results.json."""
     from s4nd_timm.hub import save_pretrained
     args = get_args_parser().parse_args(argv)
-    setup_logging()
+    setup_console_logging(to='stdout')
     preset = dict(PRESETS['quick' if args.quick else 'full'])
     if args.epochs is not None:
         preset['epochs'] = args.epochs
@@ -268,7 +269,7 @@ def _schedule(stages: Sequence[Tuple[int, int]]) -> str:
 
 def cli() -> None:
     """Console entry point ``s4nd-demo``."""
-    main()
+    run_cli(main, 's4nd-demo')
 
 
 if __name__ == '__main__':

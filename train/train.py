@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import sys
 from contextlib import nullcontext
 from datetime import datetime
 from functools import partial
@@ -35,7 +34,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import check_image_folder, create_dataset, create_loader, dataset_classes, dataset_kind, default_splits
-from .engine import accepts_rate, evaluate, format_seconds, train_one_epoch
+from .engine import accepts_rate, evaluate, format_seconds, run_cli, setup_console_logging, train_one_epoch
 from .optim import create_optimizer
 
 __all__ = ['get_args_parser', 'parse_args', 'main', 'parse_prog_res']
@@ -222,28 +221,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 # --- setup helpers ---------------------------------------------------------------------------------------
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (test harnesses and notebooks swap it)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def _setup_logging(primary: bool) -> None:
-    """One plain console handler on the root logger (added once per process); INFO on rank 0, else WARNING."""
-    root = logging.getLogger()
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter('%(message)s'))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO if primary else logging.WARNING)
-
-
 def dataset_num_classes(args) -> int:
     """Class count of the training set, read cheaply (class folders, split files, or flags)."""
     kind = dataset_kind(args.dataset)
@@ -339,7 +316,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     device = init_distributed_device(args)
     args.primary = args.rank == 0
-    _setup_logging(args.primary)
+    setup_console_logging(logging.INFO if args.primary else logging.WARNING)
     if args.distributed:
         _logger.info(f'Distributed training: {args.world_size} processes, backend '
                      f'{torch.distributed.get_backend()}, device {device}.')
@@ -575,12 +552,8 @@ def _args_yaml(args: argparse.Namespace) -> str:
 
 
 def cli() -> None:
-    """Console entry point ``s4nd-train``: clear one-line errors for user mistakes."""
-    try:
-        main()
-    except ValueError as e:
-        print(f's4nd-train: error: {e}', file=sys.stderr)
-        sys.exit(2)
+    """Console entry point ``s4nd-train``."""
+    run_cli(main, 's4nd-train')
 
 
 if __name__ == '__main__':

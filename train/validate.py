@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 from contextlib import nullcontext
 from functools import partial
 from typing import Any, Dict, List, Optional, Sequence
@@ -23,7 +22,7 @@ import torch
 
 from .checkpoint import atomic_write_text
 from .data import create_dataset, create_loader, dataset_kind, default_splits
-from .engine import accepts_rate, evaluate
+from .engine import accepts_rate, evaluate, run_cli, setup_console_logging
 from .train import build_model, dataset_num_classes, set_channels_last
 
 __all__ = ['get_args_parser', 'main']
@@ -86,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     from timm.data import resolve_data_config
     from timm.models import load_checkpoint
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    setup_console_logging(to='stdout')
     kind = dataset_kind(args.dataset)
     args.split = args.split or default_splits(args.dataset)[1]
     if args.checkpoint and not os.path.isfile(args.checkpoint):
@@ -158,11 +157,7 @@ def _write_results(results: List[Dict[str, Any]], path: str) -> None:
 
 def cli() -> None:
     """Console entry point ``s4nd-validate``."""
-    try:
-        main()
-    except ValueError as e:
-        print(f's4nd-validate: error: {e}', file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, 's4nd-validate')
 
 
 if __name__ == '__main__':

@@ -40,7 +40,6 @@ Choices where the spec leaves room: kernels and FFTs run in float32 with autocas
 the result is cast back to the input dtype (the reference casts fp16 to fp32 and ends in fp32);
 postact=None with channels > 1 is refused rather than returning c x H features.
 """
-import math
 from numbers import Real
 from typing import List, Optional, Sequence, Tuple, Union
 

@@ -6,11 +6,15 @@ keyword bundle the model files hand to ``S4ND``; ``S4NDModelMixin`` gives every 
 knobs on a built model: ``s4nd_resolution``, ``s4nd_backend`` and a ``no_weight_decay`` that
 lists the SSM tensors (the layer marks them, spec §3 "Optimizer hooks").
 """
-from typing import Dict, Iterator, Optional, Set
+from typing import Any, Dict, Iterator, Mapping, Optional, Set
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import generate_default_cfgs
+
+from s4nd_timm.hub import HF_ORG
 from s4nd_timm.layers import S4ND
 
-__all__ = ['PAPER_CFG', 'RESOLUTION_MODES', 's4nd_layer_args', 'S4NDModelMixin']
+__all__ = ['IN1K_CFG', 'PAPER_CFG', 'RESOLUTION_MODES', 's4nd_default_cfgs', 's4nd_layer_args', 'S4NDModelMixin']
 
 RESOLUTION_MODES = ('continuous', 'discrete')
 # pretrained_cfg fields shared by every s4nd_* model
@@ -20,6 +24,20 @@ PAPER_CFG = {
     'paper_name': 'S4ND: Modeling Images and Videos as Multidimensional Signals Using State Spaces',
     'origin_url': 'https://github.com/state-spaces/s4',
 }
+# data fields of the ImageNet-1k tags (ConvNeXt-S4ND, ViT-S4ND): the reference's 224 px evaluation
+IN1K_CFG = {
+    'num_classes': 1000, 'input_size': (3, 224, 224), 'test_input_size': (3, 224, 224), 'crop_pct': 0.9,
+    'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+}
+
+
+def s4nd_default_cfgs(family: Mapping[str, Any], tags: Mapping[str, Mapping[str, Any]]):
+    """timm ``default_cfgs`` for '<architecture>.<tag>' names: the ``family``'s fields (input size, normalization,
+    ``first_conv``, ``classifier``, ...), any input size, PAPER_CFG and the Hub repo ``s4nd-timm/<name>``, then
+    each tag's own overrides."""
+    return generate_default_cfgs({
+        name: {'fixed_input_size': False, **family, **PAPER_CFG, 'hf_hub_id': f'{HF_ORG}/{name}', **overrides}
+        for name, overrides in tags.items()})
 
 
 def s4nd_layer_args(

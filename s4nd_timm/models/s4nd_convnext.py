@@ -37,9 +37,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
@@ -47,7 +46,7 @@ from torch.utils.checkpoint import checkpoint
 from s4nd_timm.hub import build_s4nd_model
 from s4nd_timm.layers import S4ND
 
-from ._common import PAPER_CFG, S4NDModelMixin, s4nd_layer_args
+from ._common import IN1K_CFG, S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
 
 __all__ = ['S4NDConvNeXt', 'checkpoint_filter_fn']
 
@@ -563,25 +562,16 @@ def _create_s4nd_convnext(variant: str, pretrained: bool = False, **kwargs) -> S
         **kwargs)
 
 
-def _cfg(**kwargs) -> Dict:
-    return {
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7), 'fixed_input_size': False,
-        'test_input_size': (3, 224, 224), 'crop_pct': 0.9, 'interpolation': 'bicubic',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'stem.conv', 'classifier': 'head.fc', **PAPER_CFG,
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({
-    's4nd_convnext_micro.in1k': _cfg(hf_hub_id='s4nd-timm/s4nd_convnext_micro.in1k'),
-    's4nd_convnext_tiny.in1k': _cfg(hf_hub_id='s4nd-timm/s4nd_convnext_tiny.in1k'),
-    's4nd_convnext_small.in1k': _cfg(hf_hub_id='s4nd-timm/s4nd_convnext_small.in1k'),
-    's4nd_convnext_base.in1k': _cfg(hf_hub_id='s4nd-timm/s4nd_convnext_base.in1k'),
-    's4nd_convnext_tiny_3d.in1k_ft_hmdb51': _cfg(
-        hf_hub_id='s4nd-timm/s4nd_convnext_tiny_3d.in1k_ft_hmdb51', num_classes=51, pool_size=(15, 7, 7),
-        crop_pct=1.0, notes=('video: input (B, 3, T, H, W), T = num_frames = 30 (15 after the stem)',)),
-})
+default_cfgs = s4nd_default_cfgs(
+    dict(IN1K_CFG, pool_size=(7, 7), first_conv='stem.conv', classifier='head.fc'), {
+        's4nd_convnext_micro.in1k': {},
+        's4nd_convnext_tiny.in1k': {},
+        's4nd_convnext_small.in1k': {},
+        's4nd_convnext_base.in1k': {},
+        's4nd_convnext_tiny_3d.in1k_ft_hmdb51': dict(
+            num_classes=51, pool_size=(15, 7, 7), crop_pct=1.0,
+            notes=('video: input (B, 3, T, H, W), T = num_frames = 30 (15 after the stem)',)),
+    })
 
 
 @register_model

@@ -25,15 +25,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from s4nd_timm.hub import build_s4nd_model
+from s4nd_timm.hub import WEIGHTS_NAME, build_s4nd_model, packaged_weights_dir
 from s4nd_timm.layers import S4ND
 
-from ._common import PAPER_CFG, S4NDModelMixin, s4nd_layer_args
+from ._common import S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
 
 __all__ = ['S4NDIsotropic']
 
@@ -283,36 +283,52 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+# The '.synthetic' weights are trained by the main job (s4nd-demo, train/main_job.py) at 8 px with these arguments,
+# so the tag names this model: create_model('<name>.synthetic') builds it (arguments passed explicitly still win,
+# and loading the weights into a model built otherwise is refused, s4nd_timm.hub). timm drops None-valued
+# arguments, so bandlimit=None cannot undo the tag's bandlimit: build the bare architecture name for that.
+TAG_MODEL_ARGS = {
+    's4nd_iso_cifar_small.synthetic': dict(img_size=8, bandlimit=0.2),
+    's4nd_iso_cifar_conv2d_small.synthetic': dict(img_size=8),
+}
+
+
+def _pretrained_tag(pretrained_cfg) -> Optional[str]:
+    """The tag of the ``pretrained_cfg`` timm hands an entrypoint: a tag string, a PretrainedCfg or a dict."""
+    if isinstance(pretrained_cfg, str):
+        return pretrained_cfg
+    if isinstance(pretrained_cfg, dict):
+        return pretrained_cfg.get('tag')
+    return getattr(pretrained_cfg, 'tag', None)
+
+
 def _create_s4nd_iso(variant: str, pretrained: bool = False, **kwargs) -> S4NDIsotropic:
+    tag_args = TAG_MODEL_ARGS.get(f"{variant}.{_pretrained_tag(kwargs.get('pretrained_cfg'))}", {})
     return build_s4nd_model(
         S4NDIsotropic, variant, pretrained,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
-        **kwargs)
+        **dict(tag_args, **kwargs))
 
 
-def _cfg(**kwargs) -> Dict:
-    return {
-        'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (32, 32), 'fixed_input_size': False,
-        'test_input_size': (3, 32, 32), 'crop_pct': 1.0, 'interpolation': 'bilinear',
-        'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
-        'first_conv': 'stem', 'classifier': 'head', **PAPER_CFG,
-        **kwargs,
-    }
+def _synthetic_cfg(name: str) -> Dict:
+    """A '.synthetic' tag: trained at 8 px on the embedded SyntheticShapes (10 classes). Its weights ship with the
+    package (``s4nd_timm/weights/<name>/``, a save_pretrained folder), so ``pretrained=True`` loads them offline;
+    the Hub copy under ``hf_hub_id``, once uploaded, is the same folder."""
+    size = TAG_MODEL_ARGS[name]['img_size']
+    return dict(file=str(packaged_weights_dir(name) / WEIGHTS_NAME), input_size=(3, size, size),
+                test_input_size=(3, size, size), pool_size=(size, size),
+                description=f'trained at {size} px on the embedded synthetic shapes')
 
 
-default_cfgs = generate_default_cfgs({
-    's4nd_iso_cifar.c10': _cfg(hf_hub_id='s4nd-timm/s4nd_iso_cifar.c10'),
-    's4nd_iso_cifar_small.c10': _cfg(hf_hub_id='s4nd-timm/s4nd_iso_cifar_small.c10'),
-    's4nd_iso_cifar_conv2d.c10': _cfg(hf_hub_id='s4nd-timm/s4nd_iso_cifar_conv2d.c10'),
-    's4nd_iso_cifar_conv2d_small.c10': _cfg(hf_hub_id='s4nd-timm/s4nd_iso_cifar_conv2d_small.c10'),
-    # trained here on the embedded synthetic dataset (s4nd_timm.train.synthetic, 10 classes), default model args;
-    # Hub copy under hf_hub_id, repository copy in weights/<name>/ (s4nd_timm.hub.repo_weights_dir; model_cards/)
-    's4nd_iso_cifar_small.synthetic': _cfg(
-        hf_hub_id='s4nd-timm/s4nd_iso_cifar_small.synthetic', description='trained on the embedded synthetic shapes'),
-    's4nd_iso_cifar_conv2d_small.synthetic': _cfg(
-        hf_hub_id='s4nd-timm/s4nd_iso_cifar_conv2d_small.synthetic',
-        description='trained on the embedded synthetic shapes'),
-})
+default_cfgs = s4nd_default_cfgs(
+    dict(num_classes=10, input_size=(3, 32, 32), pool_size=(32, 32), test_input_size=(3, 32, 32), crop_pct=1.0,
+         interpolation='bilinear', mean=CIFAR10_MEAN, std=CIFAR10_STD, first_conv='stem', classifier='head'), {
+        's4nd_iso_cifar.c10': {},
+        's4nd_iso_cifar_small.c10': {},
+        's4nd_iso_cifar_conv2d.c10': {},
+        's4nd_iso_cifar_conv2d_small.c10': {},
+        **{name: _synthetic_cfg(name) for name in TAG_MODEL_ARGS},
+    })
 
 
 @register_model

@@ -27,16 +27,15 @@ from functools import partial
 from typing import Dict, Optional, Type
 
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerScale, Mlp
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from s4nd_timm.hub import build_s4nd_model
 from s4nd_timm.layers import S4ND
 
-from ._common import PAPER_CFG, S4NDModelMixin, s4nd_layer_args
+from ._common import IN1K_CFG, S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
 
 __all__ = ['S4NDVisionTransformer', 'S4NDViTBlock', 'checkpoint_filter_fn']
 
@@ -180,21 +179,12 @@ def _create_s4nd_vit(variant: str, pretrained: bool = False, **kwargs) -> S4NDVi
         **kwargs)
 
 
-def _cfg(**kwargs) -> Dict:
-    return {
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': False,
-        'test_input_size': (3, 224, 224), 'crop_pct': 0.9, 'interpolation': 'bicubic',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head', **PAPER_CFG,
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({
-    's4nd_vit_tiny_patch16.in1k': _cfg(hf_hub_id='s4nd-timm/s4nd_vit_tiny_patch16.in1k'),
-    's4nd_vit_small_patch16.in1k': _cfg(hf_hub_id='s4nd-timm/s4nd_vit_small_patch16.in1k'),
-    's4nd_vit_base_patch16.in1k': _cfg(hf_hub_id='s4nd-timm/s4nd_vit_base_patch16.in1k'),
-})
+default_cfgs = s4nd_default_cfgs(
+    dict(IN1K_CFG, pool_size=None, first_conv='patch_embed.proj', classifier='head'), {
+        's4nd_vit_tiny_patch16.in1k': {},
+        's4nd_vit_small_patch16.in1k': {},
+        's4nd_vit_base_patch16.in1k': {},
+    })
 
 
 @register_model
