@@ -69,20 +69,24 @@ SCRIPT = textwrap.dedent('''
             if isinstance(obj, triton.runtime.jit.JITFunction) and name.endswith('_kernel'):
                 setattr(module, name, Recorder(obj))
 
-    # every launch configuration the layer uses: 1-D / 2-D / 3-D, float32 (ieee) and bf16 / fp16 (tensor-core dot),
-    # with and without D, both layouts; forward and backward
-    shapes = {1: (4, 6, 40), 2: (2, 6, 12, 20), 3: (2, 6, 5, 12, 20)}
-    for d, shape in shapes.items():
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            for layout in ('channels_first', 'channels_last'):
-                for with_d in (True, False):
-                    u = torch.randn(shape, dtype=dtype)
-                    if layout == 'channels_last':
-                        u = u.movedim(1, -1).contiguous()
-                    ks = [torch.randn(2, 6, 2 * n - 1) for n in shape[2:]]
-                    D = torch.randn(2, 6) if with_d else None
-                    y = conv._separable_conv_fwd(u, ks, D, layout)
-                    conv._separable_conv_bwd(torch.randn_like(y), u, ks, D, layout)
+    # every code path at a small size: 1-D / 2-D / 3-D, float32 (ieee dot) and bf16 / fp16 (tensor-core dot), with
+    # and without D, both layouts, forward and backward; then the largest tiles separable_conv_triton.fits admits
+    # (the shared-memory high-water mark), float32 and bf16
+    small = [(4, 6, 40), (2, 6, 12, 20), (2, 6, 5, 12, 20)]
+    largest = [(2, 6, 128), (1, 6, 64, 64), (1, 6, 4, 64, 64)]
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    cases = [(shape, dtype, layout, with_d) for shape in small for dtype in dtypes
+             for layout in ('channels_first', 'channels_last') for with_d in (True, False)]
+    cases += [(shape, dtype, 'channels_first', True) for shape in largest for dtype in (torch.float32, torch.bfloat16)]
+    for shape, dtype, layout, with_d in cases:
+        ks = [torch.randn(2, 6, 2 * n - 1) for n in shape[2:]]
+        assert conv.fits(torch.empty(shape), ks, 'channels_first'), shape
+        u = torch.randn(shape, dtype=dtype)
+        if layout == 'channels_last':
+            u = u.movedim(1, -1).contiguous()
+        D = torch.randn(2, 6) if with_d else None
+        y = conv._separable_conv_fwd(u, ks, D, layout)
+        conv._separable_conv_bwd(torch.randn_like(y), u, ks, D, layout)
     d, ck, h, m = 3, 2, 6, 8
     w = [torch.randn(d, ck, h, m) for _ in range(2)]
     s = [torch.randn(d, h, m) for _ in range(2)]
@@ -106,8 +110,9 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_every_triton_launch_compiles_for_sm80_and_sm90():
+def test_every_triton_launch_compiles_for_sm80_and_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env['TRITON_CACHE_DIR'] = str(tmp_path / 'triton_cache')  # compile for real, not from an earlier run's cache
     run = subprocess.run([sys.executable, '-c', SCRIPT, *map(str, TARGETS)], env=env, capture_output=True,
                          text=True, timeout=1200)
     assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-4000:])
