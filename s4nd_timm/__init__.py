@@ -2,7 +2,7 @@
 __version__ = '0.1.0'
 
 from .layers import S4ND
-from . import models  # registers the s4nd_* models with timm
+from . import models  # noqa: F401  (registers the s4nd_* models with timm)
 from .models import inflate_2d_to_3d
 
 __all__ = ['S4ND', 'inflate_2d_to_3d', '__version__']

@@ -59,7 +59,7 @@ PRESETS = {
     'full': dict(models=('S4ND', 'S4ND, no bandlimit', 'Conv2D'), train_samples=3000, test_samples=1000, epochs=20,
                  resolutions=(8, 16, 32, 64), prog_samples=1600, prog_schedule=((16, 6), (32, 2))),
     'quick': dict(models=('S4ND', 'Conv2D'), train_samples=2000, test_samples=400, epochs=15, resolutions=(8, 16, 32),
-                  prog_samples=800, prog_schedule=((16, 2), (32, 1))),
+                  prog_samples=500, prog_schedule=((16, 2), (32, 1))),
 }
 LOW_RES = 8  # zero-shot training resolution
 NUM_CLASSES = 10
