@@ -79,6 +79,31 @@ def _mix_axis0(p_ptr, s_t, offs, mask, k0_ptr, t, T, BR: tl.constexpr, BW: tl.co
 
 
 @triton.jit
+def _channel_operator(base, s_t, offs, mask, tile, k0_ptr, k1_ptr, k2_ptr, d_ptr, ch, t, T, rows, cols, L1, L2,
+                      CONV0: tl.constexpr, CONV1: tl.constexpr, HAS_D: tl.constexpr, BR: tl.constexpr,
+                      BW: tl.constexpr, ADJOINT: tl.constexpr, PRECISION: tl.constexpr):
+    """Channel ch of the separable operator at plane t, float32 (BR, BW), for the T planes at base + s * s_t + offs
+    (tile: plane t, already loaded): T_1 (T_0-mixed X)[t] T_2^T + D X[t]; ADJOINT: the transposed taps,
+    T_1^T (T_0^T-mixed dY)[t] T_2 + D dY[t]."""
+    dt = tile.dtype
+    if CONV0:  # 3-D: mix the T planes first (scalar taps), then the two in-plane Toeplitz products
+        a = _mix_axis0(base, s_t, offs, mask, k0_ptr + ch * (2 * T - 1), t, T, BR, BW, ADJOINT).to(dt)
+    else:
+        a = tile
+    if ADJOINT:
+        t2 = _toeplitz_tile(k2_ptr + ch * (2 * L2 - 1), cols, cols, L2, False)
+    else:
+        t2 = _toeplitz_tile(k2_ptr + ch * (2 * L2 - 1), cols, cols, L2, True)
+    z = tl.dot(a, t2.to(dt), input_precision=PRECISION)
+    if CONV1:
+        t1 = _toeplitz_tile(k1_ptr + ch * (2 * L1 - 1), rows, rows, L1, ADJOINT)
+        z = tl.dot(t1.to(dt), z.to(dt), input_precision=PRECISION)
+    if HAS_D:
+        z += tl.load(d_ptr + ch) * tile.to(tl.float32)
+    return z
+
+
+@triton.jit
 def _separable_conv_fwd_kernel(
         x_ptr, k0_ptr, k1_ptr, k2_ptr, d_ptr, y_ptr,
         H, C, T, R, L1, L2,
@@ -96,20 +121,9 @@ def _separable_conv_fwd_kernel(
     x_offs = rows[:, None] * sx_r + cols[None, :] * sx_w
     x_base = x_ptr + n * sx_n + h * sx_h
     x = tl.load(x_base + t * sx_t + x_offs, mask=mask, other=0.0)
-    dt = x.dtype
     for c in range(C):
-        if CONV0:  # 3-D: mix the T planes first (scalar taps), then the two in-plane Toeplitz products
-            a = _mix_axis0(x_base, sx_t, x_offs, mask, k0_ptr + (c * H + h) * (2 * T - 1), t, T, BR, BW,
-                           False).to(dt)
-        else:
-            a = x
-        t2t = _toeplitz_tile(k2_ptr + (c * H + h) * (2 * L2 - 1), cols, cols, L2, True)
-        z = tl.dot(a, t2t.to(dt), input_precision=PRECISION)
-        if CONV1:
-            t1 = _toeplitz_tile(k1_ptr + (c * H + h) * (2 * L1 - 1), rows, rows, L1, False)
-            z = tl.dot(t1.to(dt), z.to(dt), input_precision=PRECISION)
-        if HAS_D:
-            z += tl.load(d_ptr + c * H + h) * x.to(tl.float32)
+        z = _channel_operator(x_base, sx_t, x_offs, mask, x, k0_ptr, k1_ptr, k2_ptr, d_ptr, c * H + h, t, T, rows,
+                              cols, L1, L2, CONV0, CONV1, HAS_D, BR, BW, False, PRECISION)
         y_off = n * sy_n + (c * H + h) * sy_h + t * sy_t + rows[:, None] * sy_r + cols[None, :] * sy_w
         tl.store(y_ptr + y_off, z.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -134,20 +148,8 @@ def _separable_conv_bwd_dx_kernel(
     for c in range(C):
         g_base = dy_ptr + n * sg_n + (c * H + h) * sg_h
         g = tl.load(g_base + t * sg_t + g_offs, mask=mask, other=0.0)
-        dt = g.dtype
-        if CONV0:
-            a = _mix_axis0(g_base, sg_t, g_offs, mask, k0_ptr + (c * H + h) * (2 * T - 1), t, T, BR, BW,
-                           True).to(dt)
-        else:
-            a = g
-        t2 = _toeplitz_tile(k2_ptr + (c * H + h) * (2 * L2 - 1), cols, cols, L2, False)
-        z = tl.dot(a, t2.to(dt), input_precision=PRECISION)
-        if CONV1:
-            t1t = _toeplitz_tile(k1_ptr + (c * H + h) * (2 * L1 - 1), rows, rows, L1, True)
-            z = tl.dot(t1t.to(dt), z.to(dt), input_precision=PRECISION)
-        if HAS_D:
-            z += tl.load(d_ptr + c * H + h) * g.to(tl.float32)
-        acc += z
+        acc += _channel_operator(g_base, sg_t, g_offs, mask, g, k0_ptr, k1_ptr, k2_ptr, d_ptr, c * H + h, t, T, rows,
+                                 cols, L1, L2, CONV0, CONV1, HAS_D, BR, BW, True, PRECISION)
     x_off = n * sx_n + h * sx_h + t * sx_t + rows[:, None] * sx_r + cols[None, :] * sx_w
     tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
