@@ -79,6 +79,17 @@ def _mix_axis0(p_ptr, s_t, offs, mask, k0_ptr, t, T, BR: tl.constexpr, BW: tl.co
 
 
 @triton.jit
+def _plane_rows(R, L2, AXIS: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr):
+    """This program's plane t and block of BR rows (program axis AXIS enumerates (t, block)), the columns, and the
+    (BR, BW) mask of elements inside the (R, L2) plane."""
+    n_blocks = tl.cdiv(R, BR)
+    t, block = tl.program_id(AXIS) // n_blocks, tl.program_id(AXIS) % n_blocks
+    rows = block * BR + tl.arange(0, BR)
+    cols = tl.arange(0, BW)
+    return t, rows, cols, (rows[:, None] < R) & (cols[None, :] < L2)
+
+
+@triton.jit
 def _channel_operator(base, s_t, offs, mask, tile, k0_ptr, k1_ptr, k2_ptr, d_ptr, ch, t, T, rows, cols, L1, L2,
                       CONV0: tl.constexpr, CONV1: tl.constexpr, HAS_D: tl.constexpr, BR: tl.constexpr,
                       BW: tl.constexpr, ADJOINT: tl.constexpr, PRECISION: tl.constexpr):
@@ -113,11 +124,7 @@ def _separable_conv_fwd_kernel(
     """Y[n, c*H + h, t, r, w] for one (n, h), one t and a block of BR rows r (rows: axis -2, or the batch in 1-D)."""
     pid = tl.program_id(0)
     n, h = pid // H, pid % H
-    n_blocks = tl.cdiv(R, BR)
-    t, block = tl.program_id(1) // n_blocks, tl.program_id(1) % n_blocks
-    rows = block * BR + tl.arange(0, BR)
-    cols = tl.arange(0, BW)
-    mask = (rows[:, None] < R) & (cols[None, :] < L2)
+    t, rows, cols, mask = _plane_rows(R, L2, 1, BR, BW)
     x_offs = rows[:, None] * sx_r + cols[None, :] * sx_w
     x_base = x_ptr + n * sx_n + h * sx_h
     x = tl.load(x_base + t * sx_t + x_offs, mask=mask, other=0.0)
@@ -138,11 +145,7 @@ def _separable_conv_bwd_dx_kernel(
     """dX[n, h, t] = sum_c (T_0^T-mixed dY)[n, c*H + h, t] through T_1^T, T_2 + D[c, h] dY[n, c*H + h, t]."""
     pid = tl.program_id(0)
     n, h = pid // H, pid % H
-    n_blocks = tl.cdiv(R, BR)
-    t, block = tl.program_id(1) // n_blocks, tl.program_id(1) % n_blocks
-    rows = block * BR + tl.arange(0, BR)
-    cols = tl.arange(0, BW)
-    mask = (rows[:, None] < R) & (cols[None, :] < L2)
+    t, rows, cols, mask = _plane_rows(R, L2, 1, BR, BW)
     g_offs = rows[:, None] * sg_r + cols[None, :] * sg_w
     acc = tl.zeros((BR, BW), dtype=tl.float32)
     for c in range(C):
@@ -173,11 +176,7 @@ def _separable_conv_bwd_dk_kernel(
     dk_0[T-1+t-s] += <T_1^T dY[t] T_2, X[s]> for every s."""
     ch = tl.program_id(0)
     h = ch % H
-    n_blocks = tl.cdiv(R, BR)
-    t, block = tl.program_id(2) // n_blocks, tl.program_id(2) % n_blocks
-    rows = block * BR + tl.arange(0, BR)
-    cols = tl.arange(0, BW)
-    mask = (rows[:, None] < R) & (cols[None, :] < L2)
+    t, rows, cols, mask = _plane_rows(R, L2, 2, BR, BW)
     x_offs = rows[:, None] * sx_r + cols[None, :] * sx_w
     t2t = _toeplitz_tile(k2_ptr + ch * (2 * L2 - 1), cols, cols, L2, True)
     if CONV1:
