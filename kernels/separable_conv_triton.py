@@ -37,17 +37,46 @@ MAX_TILE_2D = 64  # largest in-plane axis length in 2-D and 3-D: the (L_1, L_2) 
 MAX_LEN_T = 64  # largest leading axis length in 3-D (T planes mixed with scalar taps; T^2 plane loads per channel)
 MAX_LEN_1D = 128  # largest length in 1-D: one (128, 128) Toeplitz tile
 ROWS_1D = 16  # batch rows per program in 1-D
+# Shared memory per block (compiled sm_80 / sm_90 metadata, tests/test_triton_compile.py, docs/benchmarks.md):
+# 1-D tiles of 128 need up to 144 KiB and 2-D float32 (64, 64) planes up to 112 KiB; every other admitted tile at
+# most 80 KiB. GPUs that give a block less than FULL_TILES_SHARED_BYTES (sm_86 / sm_89: 99 KiB) get smaller limits.
+FULL_TILES_SHARED_BYTES = 144 * 1024
+SMALL_SHARED_MAX_LEN_1D = 64
+SMALL_SHARED_MAX_TILE_2D_FP32 = 32
 
 
-def fits(u: Tensor, ks: Sequence, layout: str) -> bool:
-    """True when the fused kernels take these shapes (1-D up to 128; 2-D and 3-D up to 64 per axis).
-    ks: the kernels (c, H, 2 L_i - 1) or their shapes."""
+@torch.compiler.assume_constant_result  # a device property: torch.compile reads it once, no graph break
+def shared_memory_limit(device: torch.device) -> Optional[int]:
+    """Bytes of shared memory one block may use on a CUDA device (opt-in maximum); None for other devices and
+    without a CUDA driver (fake CUDA tensors)."""
+    if device.type != 'cuda' or not torch.cuda.is_available():
+        return None
+    return getattr(torch.cuda.get_device_properties(device), 'shared_memory_per_block_optin', None)
+
+
+def tile_limits(dtype: torch.dtype, ndim: int, shared_limit: Optional[int]) -> Tuple[int, int]:
+    """(largest length per convolved in-plane axis, largest T in 3-D) for inputs of ``dtype`` and rank ``ndim`` on a
+    device whose blocks get ``shared_limit`` bytes of shared memory (None: no limit, e.g. the interpreter)."""
+    small = shared_limit is not None and shared_limit < FULL_TILES_SHARED_BYTES
+    if ndim == 1:
+        return (SMALL_SHARED_MAX_LEN_1D if small else MAX_LEN_1D), 1
+    if small and ndim == 2 and dtype == torch.float32:
+        return SMALL_SHARED_MAX_TILE_2D_FP32, 1
+    return MAX_TILE_2D, (MAX_LEN_T if ndim == 3 else 1)
+
+
+def fits(u: Tensor, ks: Sequence, layout: str, shared_limit: Optional[int] = None) -> bool:
+    """True when the fused kernels take these shapes on u's device (``tile_limits``: 1-D up to 128, 2-D and 3-D up
+    to 64 per axis; less on GPUs with under 144 KiB of shared memory per block).
+    ks: the kernels (c, H, 2 L_i - 1) or their shapes; shared_limit: bytes per block (default: u's device)."""
     spatial = [tuple(getattr(k, 'shape', k))[-1] // 2 + 1 for k in ks]
     if u.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return False
-    if len(spatial) == 1:
-        return spatial[0] <= MAX_LEN_1D
-    return max(spatial[-2:]) <= MAX_TILE_2D and (len(spatial) == 2 or spatial[0] <= MAX_LEN_T)
+    limit = shared_limit if shared_limit is not None else shared_memory_limit(u.device)
+    max_len, max_t = tile_limits(u.dtype, len(spatial), limit)
+    if len(spatial) == 3 and spatial[0] > max_t:
+        return False
+    return max(spatial[-2:]) <= max_len
 
 
 def _tile(n: int) -> int:
@@ -370,7 +399,8 @@ def separable_conv_triton(
 
     Args:
         u: (B, H, *spatial) for layout='channels_first', (B, *spatial, H) for 'channels_last'; d = 1, 2 or 3
-            (``fits``: L <= 128 in 1-D, L_i <= 64 in 2-D and 3-D); float32, bfloat16 or float16.
+            (``fits``: L <= 128 in 1-D, L_i <= 64 in 2-D and 3-D, less on GPUs with little shared memory);
+            float32, bfloat16 or float16.
         ks: d tensors, ks[i]: (c, H, 2 * L_i - 1), two-sided, index L_i - 1 = offset 0.
         D: (c, H) skip term, or None.
         layout: 'channels_first' or 'channels_last', read and written in place (no permute copies).
@@ -380,9 +410,11 @@ def separable_conv_triton(
     """
     check_conv_args(u, ks, D, layout)
     if not fits(u, ks, layout):
+        limit = shared_memory_limit(u.device)
+        max_len, max_t = tile_limits(u.dtype, len(ks), limit)
+        where = f" on this GPU ({limit // 1024} KiB of shared memory per block)" if limit else ''
         raise ValueError(
-            f"backend='triton' supports float32/bf16/fp16 1-D inputs with L <= {MAX_LEN_1D}, 2-D inputs with "
-            f"both axes <= {MAX_TILE_2D} and 3-D inputs with T <= {MAX_LEN_T}, H, W <= {MAX_TILE_2D}; got {u.dtype} "
-            f"input of shape {tuple(u.shape)} ({layout}). "
-            "Use backend='auto', 'matmul' or 'fft'.")
+            f"backend='triton' supports float32/bf16/fp16 inputs with every convolved axis <= {max_len}"
+            f"{f' and T <= {max_t}' if len(ks) == 3 else ''} for {u.dtype} {len(ks)}-D inputs{where}; got "
+            f"{u.dtype} input of shape {tuple(u.shape)} ({layout}). Use backend='auto', 'matmul' or 'fft'.")
     return _fwd_op(u, list(ks), D, layout)
