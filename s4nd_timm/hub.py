@@ -5,7 +5,8 @@ Origin: written for s4nd_timm on top of timm's own pretrained machinery (``timm.
 
 Loading (all through ``timm.create_model`` after ``import s4nd_timm``)::
 
-    timm.create_model('s4nd_iso_cifar_small.synthetic', pretrained=True)            # registry tag -> its Hub repo
+    timm.create_model('s4nd_iso_cifar_small.synthetic', pretrained=True)            # tag -> the copy in the package
+    timm.create_model('s4nd_vit_tiny_patch16.in1k', pretrained=True)                # tag -> its Hub repo
     timm.create_model('s4nd_iso_cifar_small.synthetic', pretrained=True,
                       pretrained_cfg_overlay=dict(file='path/to/model.safetensors'))  # a local weight file
     timm.create_model('local-dir:path/to/folder', pretrained=True)                  # a folder from save_pretrained

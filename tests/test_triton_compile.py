@@ -1,4 +1,4 @@
-"""The Triton kernels compile for real GPUs (sm_80 and sm_90 cubins), checked on a machine without one.
+"""The Triton kernels compile for real GPUs (sm_80, sm_89 and sm_90 cubins), checked on a machine without one.
 
 The interpreter parity tests (test_kernels.py) run the kernels' Python semantics, so they cannot see what only
 the compiler checks: types that must agree across branches, constexpr use, tl.dot shape and dtype rules, and

@@ -28,8 +28,8 @@ to a temporary name and renamed, so a rerun replaces it whole.
 
 Example::
 
-    s4nd-eval-resolution --model out/main_job/weights/s4nd_iso_bl out/main_job/weights/conv2d_iso \\
-        --dataset synthetic --resolutions 8 16 32 64
+    s4nd-eval-resolution --model out/main_job/weights/s4nd_iso_cifar_small.synthetic \\
+        out/main_job/weights/s4nd_iso_cifar_conv2d_small.synthetic --dataset synthetic --resolutions 8 16 32 64
 """
 import argparse
 import json

@@ -70,7 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         's4nd-demo', description='Main job: train S4ND (bandlimited) and Conv2D at 8 px on the embedded synthetic '
         'data, evaluate at 8-64 px; compare progressive resizing with fixed-resolution training.')
-    parser.add_argument('--quick', action='store_true', help='smaller run (about a minute on 2 CPU cores)')
+    parser.add_argument('--quick', action='store_true', help='smaller run (under two minutes on 2 CPU cores)')
     parser.add_argument('--seed', type=int, default=0, metavar='S')
     parser.add_argument('--output', default='./out/main_job', metavar='DIR')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
