@@ -147,14 +147,18 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def _pair(size: Any) -> Any:
+    """An ``img_size`` as [H, W] (an int n is [n, n]); anything else unchanged."""
+    return [size, size] if isinstance(size, int) else size
+
+
 def _same_arg(key: str, saved: Any, current: Any) -> bool:
     try:
         saved, current = _jsonable(saved), _jsonable(current)
     except (TypeError, ValueError):  # not JSON: cannot have come from a config.json
         return saved == current
     if key == 'img_size':  # 32 == [32, 32]
-        saved = [saved, saved] if isinstance(saved, int) else saved
-        current = [current, current] if isinstance(current, int) else current
+        saved, current = _pair(saved), _pair(current)
     return saved == current
 
 
@@ -231,12 +235,15 @@ def _prefetch_from_hub(hub_id: str, filename: Optional[str], cache_dir: Any) -> 
 
 
 def build_s4nd_model(
-        model_cls: Callable[..., nn.Module], variant: str, pretrained: bool = False, **kwargs,
+        model_cls: Callable[..., nn.Module], variant: str, pretrained: bool = False,
+        tag_model_args: Optional[Mapping[str, Mapping[str, Any]]] = None, **kwargs,
 ) -> nn.Module:
     """``timm.models.build_model_with_cfg`` with clear pretrained-weight errors and recorded model arguments.
 
     Same arguments as ``build_model_with_cfg`` (``model_cls, variant, pretrained, pretrained_cfg=...,
-    pretrained_cfg_overlay=..., pretrained_filter_fn=..., feature_cfg=..., **model_kwargs``).
+    pretrained_cfg_overlay=..., pretrained_filter_fn=..., feature_cfg=..., **model_kwargs``), and
+    ``tag_model_args``: '<variant>.<tag>' -> the model arguments that tag stands for (the ones its weights were
+    trained with), used as defaults when the model is built under that tag; arguments passed explicitly win.
 
     Returns:
         The model (or its features wrapper), with ``s4nd_model_args``: the JSON-serializable constructor
@@ -246,10 +253,11 @@ def build_s4nd_model(
             message names the repo / file and how to load a local file instead.
     """
     from timm.models import build_model_with_cfg
+    cfg = _resolve_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    name = _cfg_name(variant, cfg)
+    kwargs = {**(tag_model_args or {}).get(name, {}), **kwargs}
     model_kwargs = {k: v for k, v in kwargs.items() if k not in _BUILD_ONLY}
     if pretrained:
-        cfg = _resolve_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-        name = _cfg_name(variant, cfg)
         kind, loc = _source(cfg)
         if not kind:
             raise PretrainedWeightsError(
@@ -419,8 +427,7 @@ def render_model_card(
     input_size = tuple(cfg.get('input_size') or ())
     args = model_args_of(model)
     if 'img_size' in args:
-        size = args['img_size']
-        size = (size, size) if isinstance(size, int) else tuple(size)
+        size = tuple(_pair(args['img_size']))
         input_size = (args.get('in_chans', input_size[0] if input_size else 3), *size)
     values = {
         'model_name': name, 'architecture': arch, 'tag': tag or '(none)', 'dataset': _DATASETS.get(tag, 'unknown'),
@@ -487,9 +494,9 @@ def _describe_saved_model(config_path: Path, model: nn.Module, model_args: Mappi
         cfg['num_classes'] = num_classes
         for key in ('label_names', 'label_descriptions', 'label_offset'):
             cfg.pop(key, None)
-    size = model_args.get('img_size')
-    if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(size) == 2):
-        size = [size, size] if isinstance(size, int) else list(size)
+    size = _pair(model_args.get('img_size'))
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        size = list(size)
         old = (cfg.get('input_size') or [None])[1:]
         if old != size:
             pool = cfg.get('pool_size')

@@ -32,7 +32,7 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 from .data import create_dataset, create_loader
-from .engine import accepts_rate, evaluate, format_seconds, run_cli, setup_console_logging, train_one_epoch
+from .engine import accepts_rate, format_seconds, run_cli, setup_console_logging, train_one_epoch
 from .eval_resolution import evaluate_resolutions, format_table, machine_summary, write_results
 from .optim import create_optimizer
 
@@ -147,16 +147,6 @@ def train_model(model: nn.Module, train_set: TensorDataset, stages: Sequence[Tup
             'samples_per_sec': metrics['samples_per_sec']}
 
 
-def _eval_at(model: nn.Module, size: int, num_samples: int, seed: int, device: torch.device) -> float:
-    """Top-1 (%) on ``num_samples`` held-out synthetic samples rendered at ``size`` px (the model's own mode)."""
-    from timm.data import resolve_data_config
-    config = resolve_data_config({}, model=model)
-    data_args = argparse.Namespace(dataset='synthetic', seed=seed, num_classes=NUM_CLASSES, num_frames=None,
-                                   train_num_samples=None, val_num_samples=num_samples)
-    ds = create_dataset(data_args, 'val', False, dict(config, input_size=(3, size, size)))
-    return evaluate(model, create_loader(ds, EVAL_BATCH, False, seed), device=device, distributed=False)['top1']
-
-
 def _progressive_table(rows: List[Dict[str, Any]]) -> str:
     lines = [f"| training | schedule | epochs | top-1 @ {rows[0]['base_size']} px | train wall time | vs fixed |",
              '|---|---|---|---|---|---|']
@@ -229,7 +219,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         for name, stages in schedules:
             model = build_model('S4ND', base, args.seed)
             stats = train_model(model, base_set, stages, tag=f'S4ND {name}', **train_kwargs)
-            top1 = _eval_at(model, base, preset['test_samples'], args.seed, device)
+            row, = evaluate_resolutions([{'label': f'S4ND {name}', 'model': model, 'train_size': base}], data_args,
+                                        [base], modes=('continuous',), batch_size=EVAL_BATCH, device=device)
+            top1 = row['top1'][base]
             progressive.append({'name': name, 'schedule': _schedule(stages), 'epochs': stats['epochs'],
                                 'base_size': base, 'top1': top1, 'seconds': stats['seconds']})
             folder = os.path.join(weights_dir, f"{MODELS['S4ND']['name'].split('.')[0]}_{base}px_{name}")

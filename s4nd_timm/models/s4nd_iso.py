@@ -293,21 +293,11 @@ TAG_MODEL_ARGS = {
 }
 
 
-def _pretrained_tag(pretrained_cfg) -> Optional[str]:
-    """The tag of the ``pretrained_cfg`` timm hands an entrypoint: a tag string, a PretrainedCfg or a dict."""
-    if isinstance(pretrained_cfg, str):
-        return pretrained_cfg
-    if isinstance(pretrained_cfg, dict):
-        return pretrained_cfg.get('tag')
-    return getattr(pretrained_cfg, 'tag', None)
-
-
 def _create_s4nd_iso(variant: str, pretrained: bool = False, **kwargs) -> S4NDIsotropic:
-    tag_args = TAG_MODEL_ARGS.get(f"{variant}.{_pretrained_tag(kwargs.get('pretrained_cfg'))}", {})
     return build_s4nd_model(
-        S4NDIsotropic, variant, pretrained,
+        S4NDIsotropic, variant, pretrained, tag_model_args=TAG_MODEL_ARGS,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
-        **dict(tag_args, **kwargs))
+        **kwargs)
 
 
 def _synthetic_cfg(name: str) -> Dict:
