@@ -1,5 +1,5 @@
 """S4ND layer benchmarks: every convolution path, fwd+bwd, against nn.Conv2d(C, C, 7, groups=C) and the
-memory floor (performance.md §4). Prints one header line and a markdown table per section.
+memory floor (docs/benchmarks.md). Prints one header line and a markdown table per section.
 
     python benchmarks/bench_layer.py                       # CUDA if available: every section, batch 128, bf16
     python benchmarks/bench_layer.py --device cpu --batch 2 --dtype fp32 --sections layer scaling

@@ -1,4 +1,4 @@
-"""Model benchmarks: S4ND models next to the timm models they modify (performance.md §4 "model", "CPU").
+"""Model benchmarks: S4ND models next to the timm models they modify (docs/benchmarks.md "model", "CPU").
 
     python benchmarks/bench_models.py                         # CUDA: train + infer, batch 128, 224 px, bf16,
                                                               # channels-last, eager and torch.compile, per backend

@@ -5,7 +5,7 @@ Triton implementation is imported lazily on first use, so ``import s4nd_timm`` w
 without Triton. ``TRITON_INTERPRET=1`` (set before the first Triton call) runs the Triton kernels on
 CPU tensors through the Triton interpreter, for tests.
 
-Paths: 'fft' (``separable_conv_ref``, the spec), 'matmul' (``separable_conv_matmul``, Toeplitz mode
+Paths: 'fft' (``separable_conv_ref``, the reference definition), 'matmul' (``separable_conv_matmul``, Toeplitz mode
 products), 'triton' (fused kernels, CUDA or the interpreter). ``separable_conv(..., backend='auto')``
 picks one per call, see ``select_backend``. Kernel generation in Triton: ``axis_kernels_triton``.
 """

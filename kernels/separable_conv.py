@@ -1,6 +1,6 @@
 """Separable N-d convolution with per-axis two-sided kernels: the torch paths.
 
-Every S4ND convolution is separable (s4nd-spec.md §2.2): the N-d kernel of output channel (c, h)
+Every S4ND convolution is separable (docs/design.md §2.2): the N-d kernel of output channel (c, h)
 is the outer product of one two-sided 1-D kernel per axis. This module holds the FFT path, the
 definition every other path is tested against, and the Toeplitz matmul path (exact, no FFT, no
 complex numbers: traceable by torch.compile, torch.export and ONNX export).
@@ -30,7 +30,7 @@ def _circular_taps(k: Tensor, length: int, period: int) -> Tensor:
 
 
 def separable_conv_ref(u: Tensor, ks: Sequence[Tensor], D: Optional[Tensor] = None) -> Tensor:
-    """Linear (not circular) separable convolution through FFTs. The spec for every other path.
+    """Linear (not circular) separable convolution through FFTs. The definition every other path is tested against.
 
     Args:
         u: (B, H, *spatial), d = len(spatial) in 1..3, channels first.

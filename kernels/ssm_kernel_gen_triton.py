@@ -1,14 +1,14 @@
 """Per-axis kernel generation in Triton: every two-sided axis kernel of an S4ND layer in one launch.
 
-The diagonal (S4D) kernel is a Vandermonde sum (ssm.py): K[ck, h, l] = 2 Re sum_n W[ck, h, n] exp(s[h, n] l)
+The diagonal (S4D) kernel is a Vandermonde sum (ssm.py): K[ck, h, l] = 2 Re sum_n W[ck, h, n] exp(s[h, n] tap)
 with W = C * coef and s = log_step from ``DiagAxisKernel.discretize`` (zoh/bilinear) at step exp(inv_dt) * rate,
 bandlimit mask included in C. The small (C_k, H, M) factors W and s stay in torch (autograd to the SSM
 parameters is ordinary torch); the (C_k, H, M, L) Vandermonde terms are only ever formed on chip:
     forward:  one program per (axis, kernel channel, h, block of taps), sum over the M modes in blocks,
               written straight into the two-sided layout of ``two_sided`` (s4nd.py): forward channel
-              tap l at index L-1+l, backward channel (bidirectional) tap l at index L-2-l;
+              tap tap at index L-1+l, backward channel (bidirectional) tap tap at index L-2-l;
     backward: one program per (axis, kernel channel, h, block of modes), sum over the taps:
-              dW = 2 sum_l g conj(z^l) (as re/im), ds = 2 sum_l g l conj(W z^l), z^l = exp(s l).
+              dW = 2 sum_l g conj(z^tap) (as re/im), ds = 2 sum_l g tap conj(W z^tap), z^tap = exp(s tap).
 Both are torch custom ops (``s4nd_timm::vandermonde_fwd`` / ``_bwd``, autograd registered), so the generator
 runs under torch.compile(fullgraph=True). Loaded lazily (never import it directly: TRITON_INTERPRET must be read
 first); float32 only. ``S4ND.axis_kernels`` uses it in diag mode for backend='triton'; DPLR stays on torch.
@@ -33,8 +33,8 @@ def _vandermonde_fwd_kernel(
     pid = tl.program_id(0)
     axis, ck, h = pid // (CK * H), (pid // H) % CK, pid % H
     length, taps, offset = tl.load(lengths_ptr + axis), tl.load(taps_ptr + axis), tl.load(offsets_ptr + axis)
-    l = tl.program_id(1) * BL + tl.arange(0, BL)
-    lf = l.to(tl.float32)[:, None]
+    tap = tl.program_id(1) * BL + tl.arange(0, BL)
+    lf = tap.to(tl.float32)[:, None]
     acc = tl.zeros((BL,), dtype=tl.float32)
     for m0 in range(0, M, BM):
         n = m0 + tl.arange(0, BM)
@@ -50,8 +50,8 @@ def _vandermonde_fwd_kernel(
         acc += tl.sum(wr[None, :] * e * tl.cos(ang) - wi[None, :] * e * tl.sin(ang), axis=1)
     fwd = ck < CHANNELS
     c = tl.where(fwd, ck, ck - CHANNELS)
-    idx = tl.where(fwd, length - 1 + l, length - 2 - l)
-    valid = (l < taps) & (fwd | (l < length - 1))
+    idx = tl.where(fwd, length - 1 + tap, length - 2 - tap)
+    valid = (tap < taps) & (fwd | (tap < length - 1))
     tl.store(out_ptr + offset + (c * H + h) * (2 * length - 1) + idx, 2 * acc, mask=valid)
 
 
@@ -78,11 +78,11 @@ def _vandermonde_bwd_kernel(
     dsr = tl.zeros((BM,), dtype=tl.float32)
     dsi = tl.zeros((BM,), dtype=tl.float32)
     for l0 in range(0, taps, BL):
-        l = l0 + tl.arange(0, BL)
-        idx = tl.where(fwd, length - 1 + l, length - 2 - l)
-        valid = (l < taps) & (fwd | (l < length - 1))
+        tap = l0 + tl.arange(0, BL)
+        idx = tl.where(fwd, length - 1 + tap, length - 2 - tap)
+        valid = (tap < taps) & (fwd | (tap < length - 1))
         g = tl.load(base + idx, mask=valid, other=0.0)[:, None]
-        lf = l.to(tl.float32)[:, None]
+        lf = tap.to(tl.float32)[:, None]
         e = tl.exp(sr * lf)
         zr = e * tl.cos(si * lf)
         zi = e * tl.sin(si * lf)

@@ -1,6 +1,6 @@
 """``s4nd-convert``: reference S4ND checkpoints (state-spaces/s4) -> ``s4nd_*`` timm models in the Hub format.
 
-Origin: written for s4nd_timm from s4nd-spec.md §8 (reference state-dict layout) and the module-name maps in the
+Key map: docs/design.md §8 (reference state-dict layout) and the module-name maps in the
 docstrings of ``s4nd_timm/models/*.py``; the output folder is written by ``s4nd_timm.hub.save_pretrained``.
 
 Input: a PyTorch Lightning ``.ckpt`` (``ckpt['state_dict']``, backbone keys prefixed ``model.``) or a plain state
@@ -18,7 +18,7 @@ Key map (reference -> here; the S4ND tensors keep the reference's HEAD names ins
               stages.s.downsample.{s4conv,fc,conv} -> stages.s.downsample.{conv,proj,conv}
               stages.s.blocks.j.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma}, head.{norm,fc}: unchanged
     ViT       patch_embed.proj: unchanged; blocks.{2i}.norm.norm -> blocks.i.norm1;
-              blocks.{2i}.layer -> blocks.i.mixer (kernel.1 dropped: unused by the reference, spec §7.3);
+              blocks.{2i}.layer -> blocks.i.mixer (kernel.1 dropped: unused by the reference, docs/design.md §7.3);
               blocks.{2i+1}.norm.norm -> blocks.i.norm2; blocks.{2i+1}.layer.ff.{0.0,2} -> blocks.i.mlp.{fc1,fc2};
               norm.norm -> norm; head: unchanged
     isotropic encoder.0 (Linear) -> stem (1x1 conv); layers.i.norm[.norm] -> blocks.i.norm;
@@ -318,7 +318,7 @@ def _rules(family: str) -> List[Rule]:
             if int(m[1]) % 2:
                 return None
             if re.match(r'kernel\.[1-9]\d*\.', m['inner']):
-                return _DROP, 'second axis kernel of a 1-D sequence S4ND, unused by the reference (spec §7.3)'
+                return _DROP, 'second axis kernel of a 1-D sequence S4ND, unused by the reference (docs/design.md §7.3)'
             return 's4nd', f'blocks.{int(m[1]) // 2}.mixer.'
         return [
             (r'patch_embed\.proj\.(weight|bias)', same),
@@ -609,7 +609,7 @@ def convert_state_dict(
         raise ConversionError(
             f"{origin.get(layer + '.P', layer)} is a DPLR (S4) kernel, but {report.model_name} was built with diagonal "
             f"kernels (s4nd_mode={kwargs.get('s4nd_mode')!r}) at {layer}: a DPLR checkpoint stores C̃ = C(I - Ā^L) "
-            f"in C, which a diagonal kernel cannot use (spec §8). Build it with --model-kwargs s4nd_mode=dplr.")
+            f"in C, which a diagonal kernel cannot use (docs/design.md §8). Build it with --model-kwargs s4nd_mode=dplr.")
     load = {}
     for key, t in out.items():
         src = origin[key]

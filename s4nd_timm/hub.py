@@ -1,6 +1,6 @@
 """Pretrained weights of the ``s4nd_*`` models: loading through timm, saving and pushing in the Hub format.
 
-Origin: written for s4nd_timm on top of timm's own pretrained machinery (``timm.models.build_model_with_cfg``,
+Built on timm's own pretrained machinery (``timm.models.build_model_with_cfg``,
 ``save_for_hf``; ``create_model('local-dir:...')`` / ``('hf-hub:...')``), nothing copied.
 
 Loading (all through ``timm.create_model`` after ``import s4nd_timm``)::

@@ -1,6 +1,6 @@
-"""s4nd-convert on synthetic reference checkpoints built from the spec's key names and shapes (s4nd-spec.md §8).
+"""s4nd-convert on synthetic reference checkpoints built from the reference's key names and shapes (docs/design.md §8).
 
-The reference layouts below are written out here from the spec (names, shapes, l_kernel semantics), not taken
+The reference layouts below are written out here from docs/design.md §8 (names, shapes, l_kernel semantics), not taken
 from the converter's tables; values are random but in the ranges an S4ND kernel uses.
 """
 import json
@@ -19,7 +19,7 @@ M = 2  # d_state 4
 
 
 def _kernel(prefix, h, ck, l_kernel, dplr=True, v3=False, s=1):
-    """One reference axis kernel (spec §8): HEAD names, or the v3 names under '<prefix>kernel.'."""
+    """One reference axis kernel (docs/design.md §8): HEAD names, or the v3 names under '<prefix>kernel.'."""
     inv_dt = torch.empty(h, 1).uniform_(math.log(0.1), 0.0)
     a_real = math.log(0.5) + 0.1 * torch.randn(s, M)
     a_imag = math.pi * torch.arange(M, dtype=torch.float32).expand(s, M) + 0.1
@@ -56,7 +56,7 @@ def _lin(prefix, o, i, *kernel):
 
 
 def ref_convnext(dims=(8, 16), depths=(1, 2), img=32, stem_chs=4, c_in=3, classes=5, video_frames=None, **kw):
-    """ConvNeXt-S4ND-T layout: S4ND stem + S4ND downsample (2-D), or patch stem + conv downsample (3-D, spec §7.2)."""
+    """ConvNeXt-S4ND-T layout: S4ND stem + S4ND downsample (2-D), or patch stem + conv downsample (3-D, docs/design.md §7.2)."""
     sd = {}
     size = img // 4
     if video_frames is None:
@@ -89,7 +89,7 @@ def ref_convnext(dims=(8, 16), depths=(1, 2), img=32, stem_chs=4, c_in=3, classe
 
 
 def ref_vit(embed=16, depth=2, img=32, classes=5, **kw):
-    """ViT-S4ND layout (spec §8): 2 x depth reference blocks, S4ND with a dead kernel.1, channels 2."""
+    """ViT-S4ND layout (docs/design.md §8): 2 x depth reference blocks, S4ND with a dead kernel.1, channels 2."""
     sd = _lin('patch_embed.proj.', embed, 3, 16, 16)
     tokens = (img // 16) ** 2
     for i in range(depth):
@@ -104,7 +104,7 @@ def ref_vit(embed=16, depth=2, img=32, classes=5, **kw):
 
 
 def ref_iso(d=8, depth=2, img=8, classes=10, **kw):
-    """Isotropic CIFAR layout (spec §8): encoder.0, layers.i.{norm,layer}, norm, decoder.0.output_transform."""
+    """Isotropic CIFAR layout (docs/design.md §8): encoder.0, layers.i.{norm,layer}, norm, decoder.0.output_transform."""
     sd = {'encoder.0.weight': 0.1 * torch.randn(d, 3), 'encoder.0.bias': torch.zeros(d)}
     for i in range(depth):
         sd.update({f'model.{k}': v for k, v in _ln(f'layers.{i}.norm.norm.', d).items()})

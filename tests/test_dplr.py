@@ -1,4 +1,4 @@
-"""DPLR (S4) axis kernel and S4ND(mode='dplr'): s4nd-spec.md §1.2, §3, §4, §5, §8, §10."""
+"""DPLR (S4) axis kernel and S4ND(mode='dplr'): docs/design.md §1.2, §3, §4, §5, §8, §10."""
 import math
 
 import pytest
@@ -218,7 +218,7 @@ def test_kernels_are_float32_under_autocast():
     assert y.dtype == torch.float32
 
 
-REFERENCE_KEYS = {  # spec §8, S4ND(H=6, channels=1, bidirectional, N=16, n_ssm=2), 2 axes, DPLR
+REFERENCE_KEYS = {  # docs/design.md §8, S4ND(H=6, channels=1, bidirectional, N=16, n_ssm=2), 2 axes, DPLR
     'D': (1, 6),
     **{f'kernel.{i}.{name}': shape for i in range(2) for name, shape in (
         ('inv_dt', (6, 1)), ('A_real', (2, 8)), ('A_imag', (2, 8)), ('B', (1, 2, 8, 2)), ('C', (2, 6, 8, 2)),
@@ -286,7 +286,7 @@ def test_inits_fourier_hippo_clamps_and_deterministic_dt():
     assert (kern.P[0, 0].abs().sum() > 0) and (kern.P[0, 1].abs().sum() > 0)
     assert init_system('diag-legs', n, 1).P.abs().max() == 0
     torch.testing.assert_close(init_system('diag-legs', n, 1).A, init_system('legs', n, 1).A)
-    # deterministic Δ: log-spaced in [dt_min, dt_max] as intended, not exp of it (spec §3)
+    # deterministic Δ: log-spaced in [dt_min, dt_max] as intended, not exp of it (docs/design.md §3)
     det = DPLRAxisKernel(4, n, 1, init='legs', l_max=4, dt_min=0.01, dt_max=1.0, deterministic=True)
     torch.testing.assert_close(det.inv_dt.exp()[:, 0], torch.tensor([0.01, 0.1 ** (4 / 3), 0.1 ** (2 / 3), 1.0]))
     two = DPLRAxisKernel(4, n, 1, init='hippo', n_ssm=4, l_max=4, dt_min=2.0, dt_max=2.0, deterministic=True)

@@ -1,6 +1,6 @@
 """Every convolution path against the FFT reference path and the float64 direct convolution.
 
-Tolerance (style.md §3.6): errors are max |got - fp64 direct| / max |fp64 direct|, for the output and
+Tolerance (docs/design.md §10): errors are max |got - fp64 direct| / max |fp64 direct|, for the output and
 every gradient (input, each axis kernel, D). A fast path in dtype t passes when
     err(fast, t) <= 2 * err(torch FFT reference path, t) + ATOL[t]
 ATOL: float64 1e-12, float32 1e-6, bfloat16 / float16 1e-2 (one bf16 ulp is 2^-8 = 3.9e-3 relative).
@@ -90,7 +90,7 @@ def test_matmul_half_precision_on_cpu(batch, spatial, dtype):
 
 
 def test_reference_path_matches_direct_conv():
-    """The FFT path itself (the spec) against the independent fp64 direct convolution."""
+    """The FFT path itself (the reference definition) against the independent fp64 direct convolution."""
     for batch, spatial in SHAPES:
         u, ks, D = _case(batch, spatial)
         torch.testing.assert_close(separable_conv_ref(u, ks, D), direct_conv_nd(u, ks, D), rtol=1e-10, atol=1e-12)

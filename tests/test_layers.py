@@ -112,7 +112,7 @@ def test_resolution_change_continuous_vs_discrete(seed):
     """Continuous mode: a denser sampling of the same smooth signal gives, pooled back, the same output.
 
     Why the tolerance is what it is: a ZOH tap integrates the continuous kernel over one cell but is
-    applied at the cell's edge (forward tap 0 at offset 0, backward tap 0 at offset -1, spec §2.2), so
+    applied at the cell's edge (forward tap 0 at offset 0, backward tap 0 at offset -1, docs/design.md §2.2), so
     the output is the continuous convolution shifted by half a pixel, a first-order O(1/L) error.
     Measured over seeds 0-4 (bandlimit 0.2, Δ in [0.1, 0.5], 1-cycle pattern): 6-11% of max|y| between
     16 and 32 px, halving (ratio 0.49-0.53) between 32 and 64 px. We assert < 15% and ratio < 0.65,

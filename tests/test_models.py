@@ -265,7 +265,7 @@ def test_reference_stem_and_downsample():
 
 
 def test_defaults_follow_the_reference():
-    """DPLR kernels with the reference's inits (spec §6); the video time kernel: HiPPO, Δ = e^2."""
+    """DPLR kernels with the reference's inits (docs/design.md §6); the video time kernel: HiPPO, Δ = e^2."""
     convnext = _create('s4nd_convnext_tiny')
     vit = _create('s4nd_vit_tiny_patch16')
     iso = _create('s4nd_iso_cifar')

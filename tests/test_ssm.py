@@ -17,11 +17,11 @@ def test_kernel_matches_recurrence(disc, init, rate):
     want = recurrence_kernel(a, b, c, dt_base * rate, 40, disc)
     got = kern(40, rate)
     assert got.dtype == torch.float64
-    # spec §10: float64 max abs error <= 1e-10 max|K|
+    # docs/design.md §10: float64 max abs error <= 1e-10 max|K|
     assert (got - want).abs().max() <= 1e-10 * want.abs().max()
     got32 = DiagAxisKernel(6, 16, 2, init=init, dt_min=0.01, dt_max=0.5, disc=disc)
     got32.load_state_dict({k: v.float() for k, v in kern.state_dict().items()})
-    # float32: Vandermonde powers exp(l * log lambda) lose ~l * eps relative; 1e-5 of max|K| (spec §10)
+    # float32: Vandermonde powers exp(l * log lambda) lose ~l * eps relative; 1e-5 of max|K| (docs/design.md §10)
     assert (got32(40, rate).double() - want).abs().max() <= 1e-5 * want.abs().max()
 
 
@@ -29,7 +29,7 @@ def test_hippo_legs_spectrum():
     lam, b, p = hippo_legs(64)
     assert lam.shape == (32,)
     assert torch.allclose(lam.real, torch.full((32,), -0.5, dtype=torch.float64))
-    # imaginary parts ascending in magnitude, all negative; LegS N=64 spans ~0.26 .. ~1300 (spec §3)
+    # imaginary parts ascending in magnitude, all negative; LegS N=64 spans ~0.26 .. ~1300 (docs/design.md §3)
     assert (lam.imag < 0).all() and (lam.imag.abs().diff() > 0).all()
     assert 0.2 < lam.imag.abs()[0] < 0.3 and 1200 < lam.imag.abs()[-1] < 1400
     # V diag(Λ) V^* - P P^T reconstructs A_legs on the full 2M space (conjugate pairs)

@@ -1,11 +1,10 @@
 """Train / evaluate loops, the resolution (rate) hook, progress and metric logs.
 
-Origin: the loop structure of timm's ``train.py`` (``train_one_epoch`` / ``validate``) and ConvNeXt's
-``engine.py``, written for s4nd_timm: gradient accumulation with DDP ``no_sync``, AMP through timm's
+Loop structure as timm's ``train.py`` (``train_one_epoch`` / ``validate``): gradient accumulation with DDP ``no_sync``, AMP through timm's
 ``NativeScaler``, EMA, per-update scheduler steps, a callback after every optimizer step (recovery
 checkpoints), skipped-video accounting, sums reduced over ranks once per epoch.
 
-Resolution (spec §5): a batch arrives at the base resolution; ``resize_for_rate`` resizes it to
+Resolution (docs/design.md §5): a batch arrives at the base resolution; ``resize_for_rate`` resizes it to
 ``round(size / rate)`` (bilinear, antialiased) and ``forward_at_rate`` passes ``rate`` to models whose
 ``forward`` takes it (S4ND models), others just see the smaller input.
 """

@@ -1,6 +1,6 @@
-"""``s4nd-eval-resolution``: accuracy of trained models across test resolutions (spec §5, paper §5).
+"""``s4nd-eval-resolution``: accuracy of trained models across test resolutions (docs/design.md §5, paper §5).
 
-Origin: written for s4nd_timm from the paper's zero-shot resolution experiment (CIFAR-10 trained at low
+After the paper's zero-shot resolution experiment (CIFAR-10 trained at low
 resolution, tested at others); evaluation itself is ``engine.evaluate`` and the data is ``data.create_dataset``.
 
 Each model is evaluated on one dataset at every ``--resolutions`` size; models holding S4ND layers are

@@ -1,6 +1,6 @@
 """``s4nd-demo``: the main job. Resolution transfer and progressive resizing on the embedded synthetic data.
 
-Origin: written for s4nd_timm after the paper's CIFAR-10 resolution experiments (§5; spec §5, §7.4, §7.5),
+After the paper's CIFAR-10 resolution experiments (paper §5; docs/design.md §5, §7.4, §7.5),
 scaled down to run on a 2-core CPU in minutes with no downloads. Training is ``engine.train_one_epoch`` with
 the SSM parameter groups of ``optim.py`` and timm's cosine schedule; evaluation is ``eval_resolution``.
 

@@ -1,7 +1,7 @@
 """Optimizer parameter groups honouring the S4ND ``_optim`` hints, handed to timm's ``create_optimizer_v2``.
 
-Origin: the S4ND reference's ``setup_optimizer`` (state-spaces/s4 ``train.py``), which gives every tensor
-carrying ``p._optim`` its own group with those hyperparameters. Here (spec §3 "Optimizer hooks"): each S4ND
+As the S4ND reference's ``setup_optimizer`` (state-spaces/s4 ``train.py``), which gives every tensor
+carrying ``p._optim`` its own group with those hyperparameters. Here (docs/design.md §3 "Optimizer hooks"): each S4ND
 SSM tensor carries ``p._optim = {'lr': ssm_lr, 'weight_decay': 0.}`` or ``{'weight_decay': 0.}``; tensors
 with equal hints share one group holding those values (an ``lr`` there is absolute, the global ``--lr``
 does not scale it; timm's schedulers then scale every group's own initial lr by the same schedule). All

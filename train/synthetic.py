@@ -1,7 +1,7 @@
 """Embedded synthetic dataset: procedurally rendered shapes and textures at any resolution, no files.
 
-Origin: written for s4nd_timm (no counterpart in the S4ND reference). Purpose: demos, CI tests and the
-resolution experiments (spec §5) without downloads. Every sample is a *continuous* image, a function of
+No counterpart in the S4ND reference. Purpose: demos, CI tests and the
+resolution experiments (docs/design.md §5) without downloads. Every sample is a *continuous* image, a function of
 (x, y) in the unit square given by a handful of real parameters drawn deterministically from
 (seed, split, index); ``render`` integrates that function over each pixel cell (box-filter antialiasing
 by supersampling), so the same sample can be rendered at 8, 16, 32 or 64 px and the low-resolution

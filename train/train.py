@@ -1,11 +1,10 @@
 """``s4nd-train``: train S4ND (or any timm) models with timm's components.
 
-Origin: the flow and flag names of timm's ``train.py`` (huggingface/pytorch-image-models), written for
-s4nd_timm. Uses timm for model creation, data config and transforms, Mixup/CutMix, label smoothing,
+Flow and flag names as timm's ``train.py``. Uses timm for model creation, data config and transforms, Mixup/CutMix, label smoothing,
 ``create_optimizer_v2`` (with S4ND SSM parameter groups, ``optim.py``), ``create_scheduler_v2``,
 ``ModelEmaV3``, ``CheckpointSaver`` (``checkpoint.py``), ``NativeScaler`` and distributed setup.
 Additions: datasets in their released formats plus a synthetic one (``data.py``), a resolution schedule
-(``--prog-res``, spec §5), exact resume after a kill at any moment (``--resume``, ``--recovery-interval``),
+(``--prog-res``, docs/design.md §5), exact resume after a kill at any moment (``--resume``, ``--recovery-interval``),
 per-epoch summary lines and CSV / JSON metric logs.
 
 Launch: ``s4nd-train --dataset cifar10 --data-dir DIR --model ...``; multi-GPU / multi-node:

@@ -1,7 +1,7 @@
 """``s4nd-validate``: top-1 / top-5 of a model on a dataset at one or more resolutions.
 
-Origin: timm's ``validate.py`` flags (``--model``, ``--checkpoint``, ``--use-ema``, ``--split``,
-``--results-file``), written for s4nd_timm. Resolution (spec §5): images are prepared at the model's base
+Flags as timm's ``validate.py`` (``--model``, ``--checkpoint``, ``--use-ema``, ``--split``,
+``--results-file``). Resolution (docs/design.md §5): images are prepared at the model's base
 size, then resized to each ``--img-size`` (bilinear, antialiased) and S4ND models get rate = base / size,
 e.g. ``--img-size 16 32`` for the CIFAR zero-shot experiment. A checkpoint written by ``s4nd-train``
 carries its run's flags: model name, ``--model-kwargs``, base size, frames and class count default to them.

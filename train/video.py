@@ -1,6 +1,6 @@
 """HMDB-51 from its released on-disk layout, decoded with PyAV through pytorchvideo.
 
-Origin: the S4ND reference's ``HMDB51`` data module (state-spaces/s4 ``src/dataloaders/videos.py``):
+As the S4ND reference's ``HMDB51`` data module (state-spaces/s4 ``src/dataloaders/videos.py``):
 pytorchvideo ``Hmdb51`` with a 'random' clip sampler (train) / 'uniform' clip sampler (test) over
 2-second clips, ``create_video_transform`` (uniform temporal subsample to ``num_frames``, optional
 RandAugment, normalize, random short-side scale 256-320 + random crop + flip / short-side 256 + center

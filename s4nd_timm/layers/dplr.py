@@ -1,12 +1,12 @@
 """DPLR (S4) axis kernel: diagonal plus low-rank state matrix, bilinear discretization.
 
 Paper: S4, Gu et al. 2022 (arXiv 2111.00396), as used by S4ND (Nguyen et al. 2022, arXiv 2210.06583):
-every published S4ND experiment ran this kernel (spec §6). Origin: written from
-../shared/design/s4nd-spec.md §1.2, §3, §4, §5, §8 (reference: state-spaces/s4 ``SSMKernelDPLR``).
+every published S4ND experiment ran this kernel (docs/design.md §6). Math:
+docs/design.md §1.2, §3, §4, §5, §8 (reference: state-spaces/s4 ``SSMKernelDPLR``).
 Changes from the reference: C̃ is built at construction (or when a raw-C checkpoint is loaded), never
 inside ``forward``; a request past the kernel's length is an error instead of a silent doubling of
 ``l_kernel``; the Cauchy sums use the half-angle form below, which has no 0/0 at the Nyquist node;
-deterministic Δ is log-spaced as intended (no exp-of-a-log, spec §3).
+deterministic Δ is log-spaced as intended (no exp-of-a-log, docs/design.md §3).
 
 Legend as in ``ssm.py`` (H, N, M = N/2, S, C_k, L, r); R = ``rank`` = 1.
 
@@ -18,7 +18,7 @@ name       shape            meaning
 P          (R, S, M, 2)     low-rank term, complex as (re, im) pairs
 l_kernel   ()               int64 buffer: the length L that C̃ was built for (set by ``set_raw_c`` or
                             ``load_state_dict``; ``forward`` reads a Python copy, so no device sync)
-C          (C_k, H, M, 2)   holds C̃ = C (I - Ā^L), not the raw C (spec §1.2)
+C          (C_k, H, M, 2)   holds C̃ = C (I - Ā^L), not the raw C (docs/design.md §1.2)
 =========  ===============  =====================================================
 
 System (conjugate-augmented 2M space, both halves of every pair): A = diag(Λ) - P P^*, Λ the diagonal
@@ -30,8 +30,8 @@ K[l] = C Ā^l B̄ (real). With C̃ = C (I - Ā^L) and L_d = round(L / r) nodes �
 which is the reference's k̂ = 2/(1+ω) [R_BC - R_BQ R_PC / (1 + R_PQ)] with R = Σ Δxy / (z - ΔΛ),
 z = 2(1-ω)/(1+ω), multiplied through by (1+ω)/2 = cos(θ/2) e^{-iθ/2}. Then K = irfft(k̂, L_d)[:length].
 At r = 1 this is exactly the first taps of C Ā^l B̄ of the raw C. At r != 1, Δ = exp(inv_dt) r and C̃
-stays as built at r = 1 (spec §5), so the kernel covers the same continuous extent L Δ_base.
-Bandlimit (spec §4): C̃ is masked by the diagonal part's frequencies exp(inv_dt) |Im Λ| / (2π).
+stays as built at r = 1 (docs/design.md §5), so the kernel covers the same continuous extent L Δ_base.
+Bandlimit (docs/design.md §4): C̃ is masked by the diagonal part's frequencies exp(inv_dt) |Im Λ| / (2π).
 """
 import math
 from typing import Optional
@@ -57,10 +57,10 @@ class DPLRAxisKernel(SSMAxisKernel):
         n_ssm: S, number of (A, B, P) sets tiled over H (must divide H).
         rank: R, rank of the low-rank term; only 1 is supported.
         l_max: the axis base length L; C is replaced by C̃ for it at construction and l_kernel = L.
-        bandlimit: None or cutoff (fraction of the base-resolution Nyquist band x 2, spec §4).
+        bandlimit: None or cutoff (fraction of the base-resolution Nyquist band x 2, docs/design.md §4).
         ssm_lr: learning-rate hint for inv_dt, A_real, A_imag, B, P.
         deterministic: Δ log-spaced over the features in [dt_min, dt_max] (stored as its log; the reference's
-            deterministic Δ is exp of the intended Δ, spec §3, not reproduced here) and C = V^* e_0.
+            deterministic Δ is exp of the intended Δ, docs/design.md §3, not reproduced here) and C = V^* e_0.
     """
     mode = 'dplr'
 
@@ -82,7 +82,7 @@ class DPLRAxisKernel(SSMAxisKernel):
         if l_max is None or l_max < 1:
             raise ValueError(
                 f"a DPLR kernel needs its axis base length l_max >= 1 (C is stored as C̃ = C(I - Ā^l_max), "
-                f"spec §1.2); got l_max={l_max}. Pass l_max (S4ND(..., l_max=...)), or use mode='diag'.")
+                f"docs/design.md §1.2); got l_max={l_max}. Pass l_max (S4ND(..., l_max=...)), or use mode='diag'.")
         if rank != 1:
             raise ValueError(f"only rank=1 DPLR kernels are supported (every S4ND config uses 1); got rank={rank}")
         system = init_system(init, d_state, n_ssm, mode='dplr')
@@ -103,7 +103,7 @@ class DPLRAxisKernel(SSMAxisKernel):
 
     @torch.no_grad()
     def set_raw_c(self, c: Tensor, length: Optional[int] = None) -> None:
-        """Store C̃ = C (I - Ā^L) for a raw C and set l_kernel = L (spec §1.2); float64, no gradient.
+        """Store C̃ = C (I - Ā^L) for a raw C and set l_kernel = L (docs/design.md §1.2); float64, no gradient.
 
         Ā is the bilinear transition at the current base step (rate 1), applied L times to the row vectors
         of C in the conjugate-augmented space in O(C_k H M) per step (Sherman-Morrison for (I - ΔA/2)^{-1}).

@@ -1,7 +1,7 @@
 """S4ND: multidimensional state-space layer for 1-D, 2-D and 3-D signals.
 
 Paper: "S4ND: Modeling Images and Videos as Multidimensional Signals Using State Spaces",
-Nguyen et al., NeurIPS 2022 (arXiv 2210.06583). Origin: written from s4nd-spec.md §2, §4, §5
+Nguyen et al., NeurIPS 2022 (arXiv 2210.06583). Math: docs/design.md §2, §4, §5
 (reference: state-spaces/s4 ``src/models/sequence/modules/s4nd.py``); one generic N-d code path.
 
 Shape legend: B batch, H = ``dim`` features, d = ``ndim`` spatial axes, ``*spatial`` = L_1..L_d,
@@ -21,14 +21,14 @@ matmul and Triton paths, the FFT path moves it to channels-first and back):
 With channels=1, activation=None, postact=None, dropout=0 the output is exactly step 3: the
 linear convolution of the input with the outer product of ``axis_kernels(...)`` plus ``D * x``.
 
-Resolution (spec §5): ``l_max`` is the base resolution. Continuous mode treats an input of
+Resolution (docs/design.md §5): ``l_max`` is the base resolution. Continuous mode treats an input of
 another size as the same continuous signal: per axis rate r_i = l_max_i / L_i scales Δ, and the
 kernel has L_k,i = min(L_i, round(l_max_i / r_i)) taps (so the kernel covers the same extent).
 Discrete mode uses r = 1 (kernels stay in pixels, L_k,i = min(L_i, l_max_i)). Without l_max the
 rate is 1 and kernels span the whole input. ``forward(x, rate=...)`` overrides the rate (a float
 or one per axis), as the reference's loaders do with r = base / actual.
 
-Parameters (names as in the reference's current layout, spec §8):
+Parameters (names as in the reference's current layout, docs/design.md §8):
     kernel.<i>.inv_dt (H, 1), kernel.<i>.A_real (S, M), kernel.<i>.A_imag (S, M),
     kernel.<i>.B (1, S, M, 2), kernel.<i>.C (C_k, H, M, 2)      for each axis i (0 = first spatial axis)
     kernel.<i>.P (R, S, M, 2), buffer kernel.<i>.l_kernel ()    mode='dplr' only; C then holds C̃ = C(I - Ā^L)
@@ -36,7 +36,7 @@ Parameters (names as in the reference's current layout, spec §8):
     output_linear.weight (H or 2H, c H), output_linear.bias     when postact is not None
 SSM tensors (inv_dt, A_real, A_imag, B, P) carry ``p._optim = {'lr': ssm_lr, 'weight_decay': 0.}``.
 
-Choices where the spec leaves room: kernels and FFTs run in float32 with autocast disabled and
+Choices where the reference leaves room: kernels and FFTs run in float32 with autocast disabled and
 the result is cast back to the input dtype (the reference casts fp16 to fp32 and ends in fp32);
 postact=None with channels > 1 is refused rather than returning c x H features.
 """
@@ -101,7 +101,7 @@ class S4ND(nn.Module):
             split the n_ssm sets in halves. 'legs'/'fourier' carry a low-rank P in DPLR mode, 'diag-*' P = 0.
         dt_min, dt_max: range of the log-uniform base step Δ.
         disc: diag mode: 'zoh' (default) or 'bilinear'; DPLR kernels are always bilinear (None or 'bilinear').
-        bandlimit: None or a cutoff in (0, 1] (1 = Nyquist at base resolution), spec §4.
+        bandlimit: None or a cutoff in (0, 1] (1 = Nyquist at base resolution), docs/design.md §4.
         activation: 'gelu' or None, applied after the convolution.
         postact: None, 'linear' or 'glu' output projection.
         dropout: dropout probability after the activation.
@@ -163,7 +163,7 @@ class S4ND(nn.Module):
                     f"got l_max={l_max}. Pass l_max (the base resolution), or use mode='diag'.")
             if disc not in (None, 'bilinear'):
                 raise ValueError(
-                    f"mode='dplr' kernels are always bilinear (spec §1.2); got disc={disc!r}. Leave disc unset.")
+                    f"mode='dplr' kernels are always bilinear (docs/design.md §1.2); got disc={disc!r}. Leave disc unset.")
         if bandlimit is not None and not bandlimit > 0:
             raise ValueError(f"bandlimit must be None or > 0; got {bandlimit}")
         if postact is None and channels > 1:

@@ -2,14 +2,14 @@
 
 Paper: S4ND, Nguyen et al. 2022 (arXiv 2210.06583); S4D, Gu et al. 2022 (arXiv 2206.11893);
 HiPPO / S4, Gu et al. 2020, 2022 (arXiv 2008.07669, 2111.00396, 2206.12037 for FouT).
-Origin: written from ../shared/design/s4nd-spec.md §1.1, §3, §4, §5 (reference: state-spaces/s4).
+Math: docs/design.md §1.1, §3, §4, §5 (reference: state-spaces/s4).
 The DPLR (S4) kernel sharing these parameters lives in ``dplr.py``.
 
 Legend: H model channels (``dim``), N ``d_state``, M = N/2 complex modes kept (conjugate
 symmetry), S ``n_ssm`` independent (A, B) sets tiled over H (channel h uses set h mod S), C_k kernel
 channels (``channels`` x 2 when bidirectional), L kernel length (taps), r rate (step multiplier).
 
-Stored tensors of one axis kernel (names and shapes of the reference's current layout, spec §8):
+Stored tensors of one axis kernel (names and shapes of the reference's current layout, docs/design.md §8):
 
 =========  ===============  =====================================================
 name       shape            meaning
@@ -24,10 +24,10 @@ C          (C_k, H, M, 2)   complex C as (re, im) pairs
 The kernel for length L and rate r, with Δ = exp(inv_dt) r and a = Δ A:
     zoh:       K[c, h, l] = 2 Re Σ_n C B (e^a - 1) / A · e^{a l}
     bilinear:  K[c, h, l] = 2 Re Σ_n C B Δ / (1 - a/2) · λ^l,   λ = (1 + a/2) / (1 - a/2)
-Bandlimit (spec §4): mode n of channel h is kept iff exp(inv_dt_h) |Im A_n| / (2π) < bandlimit / 2
+Bandlimit (docs/design.md §4): mode n of channel h is kept iff exp(inv_dt_h) |Im A_n| / (2π) < bandlimit / 2
 (frequency in cycles per base-resolution sample, independent of the rate); masked modes get C = 0.
 
-Inits (spec §3, table ``INITS``; Δ log-uniform in [dt_min, dt_max], C complex standard normal):
+Inits (docs/design.md §3, table ``INITS``; Δ log-uniform in [dt_min, dt_max], C complex standard normal):
     lin  / diag-lin    A_n = -1/2 - iπn, B = 1
     inv  / diag-inv    A_n = -1/2 - i(N/π)(N/(2n+1) - 1), B = 1
     real / diag-real   A_n = -(n+1), B = 1
@@ -38,7 +38,7 @@ Inits (spec §3, table ``INITS``; Δ log-uniform in [dt_min, dt_max], C complex 
     hippo / diag       combinations: legs + fourier / inv + lin, each on half of the S sets
 At storage -Re A and -Im A are clamped to >= 1e-4. ``deterministic=True``: log Δ evenly spaced over
 the H channels in [log dt_min, log dt_max] and stored as a log (the reference stores exp of the
-log there, so its Δ ends up exp(Δ), spec §3; here Δ is what dt_min/dt_max say), and C = V^* e_0
+log there, so its Δ ends up exp(Δ), docs/design.md §3; here Δ is what dt_min/dt_max say), and C = V^* e_0
 (the unit first coordinate of the HiPPO basis; e_0 for lin/inv/real) for every channel.
 """
 import math
@@ -52,7 +52,7 @@ __all__ = [
     'INITS', 'DIAG_INITS', 'DPLR_INITS', 'SSMInit', 'check_init', 'init_system', 'ssm_init', 'hippo_nplr',
     'hippo_legs', 'SSMAxisKernel', 'DiagAxisKernel', 'kernel_compute_dtype', 'mark_ssm_param']
 
-# The one init table (spec §3): name -> the single inits that split the S sets evenly, in order. A single
+# The one init table (docs/design.md §3): name -> the single inits that split the S sets evenly, in order. A single
 # init is (family, low_rank): the (A, B) family and whether its DPLR form keeps the HiPPO low-rank P
 # (False: P = 0). The 'diag-' spellings are the reference's; the diag mode ignores P.
 INITS = {
@@ -68,12 +68,12 @@ INITS = {
     'inv': (('inv', False),),
     'real': (('real', False),),
 }
-# FouT has a (clamped) zero eigenvalue: its kernel is a window of length l_kernel only with DPLR (spec §3).
+# FouT has a (clamped) zero eigenvalue: its kernel is a window of length l_kernel only with DPLR (docs/design.md §3).
 _DPLR_ONLY = ('fourier',)
 DIAG_INITS = tuple(sorted(name for name, parts in INITS.items() if all(f not in _DPLR_ONLY for f, _ in parts)))
 DPLR_INITS = tuple(sorted(INITS))
 DISCRETIZATIONS = ('zoh', 'bilinear')
-_CLAMP = 1e-4  # -Re A and -Im A are clamped to at least this at init (spec §3)
+_CLAMP = 1e-4  # -Re A and -Im A are clamped to at least this at init (docs/design.md §3)
 _B_CLIP = 2.0  # |Im B| of the LegS init is clipped to this (reference's B_clip)
 
 
@@ -85,7 +85,7 @@ def check_init(init: str, mode: str) -> None:
     if init in INITS:
         raise ValueError(
             f"init={init!r} needs mode='dplr': it contains HiPPO-FouT, whose diagonal part has a (clamped) zero "
-            f"eigenvalue, so its kernel only makes sense with the low-rank term and a finite l_kernel (spec §3). "
+            f"eigenvalue, so its kernel only makes sense with the low-rank term and a finite l_kernel (docs/design.md §3). "
             f"Pass mode='dplr' (with l_max), or a diagonal init: {DIAG_INITS}")
     raise ValueError(f"init={init!r} is not an SSM init of mode={mode!r}; expected one of {allowed}")
 
@@ -95,7 +95,7 @@ def hippo_nplr(name: str, d_state: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]
 
     A_hippo = V diag(Λ) V^* - P_h P_h^T with V unitary (conjugate pairs: only the M columns with Im Λ <= 0
     are returned, the other half is their complex conjugate). 'legs' (LegS): Λ = -1/2 + i w, w from ``eigh``
-    of the skew part of A_legs + P_h P_h^T, P_h = sqrt(n + 1/2), B_h = sqrt(2n + 1). 'fourier' (FouT, spec §3):
+    of the skew part of A_legs + P_h P_h^T, P_h = sqrt(n + 1/2), B_h = sqrt(2n + 1). 'fourier' (FouT, docs/design.md §3):
     A_fout = J - b b^T with J block diagonal, blocks [[0, -πk], [πk, 0]] on rows (2k, 2k+1), and
     b = P_h = B_h = (1, 0, √2, 0, √2, 0, ...); its normal part J has Λ_k = -iπk with eigenvector
     (e_2k + i e_2k+1) / √2 (k = 0 included: the reference's choice in the double zero eigenspace).
@@ -206,14 +206,14 @@ class SSMAxisKernel(nn.Module):
 
     Subclasses set ``mode`` ('diag' or 'dplr') and add ``forward(length, rate) -> (C_k, H, length)``.
     Loading a state dict of the other mode (a DPLR kernel has ``P``, a diagonal one has not) is refused:
-    in a DPLR checkpoint ``C`` holds C̃, not C (spec §8).
+    in a DPLR checkpoint ``C`` holds C̃, not C (docs/design.md §8).
 
     Args:
         dim: H, number of features.
         kernel_channels: C_k, independent C per feature.
         system: the init (``init_system``), S sets.
         dt_min, dt_max: range of the base step Δ (log-uniform per feature, or log-spaced if deterministic).
-        bandlimit: None or cutoff (fraction of the base-resolution Nyquist band x 2, spec §4).
+        bandlimit: None or cutoff (fraction of the base-resolution Nyquist band x 2, docs/design.md §4).
         ssm_lr: learning-rate hint for inv_dt, A_real, A_imag, B.
         deterministic: log-spaced Δ (stored as a log; no exp-of-a-log as in the reference) and C = V^* e_0.
     """
@@ -292,7 +292,7 @@ class SSMAxisKernel(nn.Module):
                     f"{prefix.rstrip('.') or 'axis kernel'}: the checkpoint holds a mode={saved!r} axis kernel "
                     f"({'with' if saved == 'dplr' else 'without'} the low-rank tensor '{prefix}P'), this module has "
                     f"mode={self.mode!r}. Build the layer with S4ND(..., mode={saved!r}) to load it (a DPLR "
-                    f"checkpoint stores C̃ = C(I - Ā^L) in 'C', spec §8, so it cannot serve as a diagonal C).")
+                    f"checkpoint stores C̃ = C(I - Ā^L) in 'C', docs/design.md §8, so it cannot serve as a diagonal C).")
                 return
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
@@ -309,7 +309,7 @@ class DiagAxisKernel(SSMAxisKernel):
         dt_min, dt_max: Δ is log-uniform in [dt_min, dt_max] per feature.
         n_ssm: S, number of (A, B) sets tiled over H (must divide H).
         disc: 'zoh' or 'bilinear'.
-        bandlimit: None or cutoff (fraction of the base-resolution Nyquist band x 2, spec §4).
+        bandlimit: None or cutoff (fraction of the base-resolution Nyquist band x 2, docs/design.md §4).
         ssm_lr: learning-rate hint for inv_dt, A_real, A_imag, B.
         deterministic: log-spaced Δ and C = V^* e_0 (module docstring).
     """

@@ -1,10 +1,10 @@
 """Pieces shared by the S4ND model families: S4ND argument bundle, model-wide S4ND settings.
 
-Every model passes the same SSM settings to each of its S4ND layers (spec §7: one kernel family,
+Every model passes the same SSM settings to each of its S4ND layers (docs/design.md §7: one kernel family,
 init, d_state and Δ range per model). ``s4nd_layer_args`` validates them once and returns the
 keyword bundle the model files hand to ``S4ND``; ``S4NDModelMixin`` gives every model the same
 knobs on a built model: ``s4nd_resolution``, ``s4nd_backend`` and a ``no_weight_decay`` that
-lists the SSM tensors (the layer marks them, spec §3 "Optimizer hooks").
+lists the SSM tensors (the layer marks them, docs/design.md §3 "Optimizer hooks").
 """
 from typing import Any, Dict, Iterator, Mapping, Optional, Set
 
@@ -66,7 +66,7 @@ class S4NDModelMixin:
     """Model-wide S4ND settings, for nn.Module subclasses that hold S4ND layers.
 
     ``s4nd_resolution``: 'continuous' (an input of another size is the same signal resampled:
-    kernels keep their extent, spec §5) or 'discrete' (kernels stay in pixels); settable on a built
+    kernels keep their extent, docs/design.md §5) or 'discrete' (kernels stay in pixels); settable on a built
     model. ``s4nd_backend``: the convolution path of every S4ND ('auto', 'fft', 'matmul', 'triton');
     'matmul' is the one torch.export and ONNX export trace.
     """

@@ -1,6 +1,6 @@
 """2-D -> 3-D weight inflation for ConvNeXt-S4ND (ImageNet weights -> video model).
 
-Origin: written from s4nd-spec.md §7.2 (reference: state-spaces/s4 ``convnext_timm.py`` inflation hook
+See docs/design.md §7.2 (reference: state-spaces/s4 ``convnext_timm.py`` inflation hook
 and the README's HMDB-51 run).
 
 Rules, for every tensor of the 2-D state dict:

@@ -2,22 +2,21 @@
 
 Paper: "S4ND: Modeling Images and Videos as Multidimensional Signals Using State Spaces",
 Nguyen et al., NeurIPS 2022 (arXiv 2210.06583); ConvNeXt: Liu et al., CVPR 2022 (arXiv 2201.03545).
-Origin: written from s4nd-spec.md §7.1, §7.2 (reference: state-spaces/s4 ``convnext_timm.py``), in the
-file order and API of timm's ``convnext.py``. One set of classes serves images (``num_frames=None``,
+See docs/design.md §7.1, §7.2 (reference: state-spaces/s4 ``convnext_timm.py``); file order and API of timm's ``convnext.py``. One set of classes serves images (``num_frames=None``,
 input (B, C, H, W)) and video (``num_frames=T``, input (B, C, T, H, W), S4ND-3D).
 
 Changes from the reference: unique ``s4nd_*`` names (the reference re-registers timm's
 ``convnext_*``); tensor outputs, no ``(y, None)``; the resolution rate is computed by the model from the
 input size (``s4nd_resolution='continuous'``) or given as ``forward(x, rate=...)``, and passed to every
-S4ND (the reference's ``rate``/``resolution`` name mismatch, spec §9.4, is gone); S4ND stem and
+S4ND (the reference's ``rate``/``resolution`` name mismatch, docs/design.md §9.4, is gone); S4ND stem and
 downsample are options (``stem_type='s4nd'``, ``downsample_type='s4nd'``) next to the ConvNeXt patch
 stem and strided-conv downsample, which are the defaults; the 3-D stages reuse the 2-D classes.
 
-Defaults: patch stem, conv downsample, S4ND only in the blocks (the style guide's "ConvNeXt-T with S4ND
+Defaults: patch stem, conv downsample, S4ND only in the blocks ("ConvNeXt-T with S4ND
 in place of the 7x7 depthwise conv", and the layout the reference's video run inflates from). The
 reference's ImageNet config is ``stem_type='s4nd', downsample_type='s4nd'``.
 
-Module names (spec §8 reference -> here), for the checkpoint converter:
+Module names (docs/design.md §8 reference -> here), for the checkpoint converter:
     stem.stem.{D,kernel.*} (S4ND stem)      -> stem.conv.{D,kernel.*}  (see ``S4NDStem``: D and
                                                inv_dt are per (out, in) channel pair here)
     stem.post_stem.1 (Linear 32 -> 2 d0)    -> stem.proj
@@ -50,10 +49,10 @@ from ._common import IN1K_CFG, S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_arg
 
 __all__ = ['S4NDConvNeXt', 'checkpoint_filter_fn']
 
-# Kernel family and init of every S4ND here: what the reference's ConvNeXt configs ran (spec §6).
+# Kernel family and init of every S4ND here: what the reference's ConvNeXt configs ran (docs/design.md §6).
 _DEFAULT_MODE = 'dplr'
 _DEFAULT_INIT = 'fourier'
-# The reference video run's time kernel (spec §7.2): HiPPO (LegS + FouT halves), one set per feature.
+# The reference video run's time kernel (docs/design.md §7.2): HiPPO (LegS + FouT halves), one set per feature.
 _DEFAULT_TEMPORAL_INIT = 'hippo'
 STEM_TYPES = ('patch', 's4nd')
 DOWNSAMPLE_TYPES = ('conv', 's4nd')
@@ -290,7 +289,7 @@ class S4NDConvNeXt(S4NDModelMixin, nn.Module):
     Input (B, in_chans, H, W), or (B, in_chans, T, H, W) for video; any H, W (T) of at least one
     output pixel (32 px, ``temporal_patch_size`` frames): ``img_size`` / ``num_frames`` is the base
     resolution that sets each S4ND's l_max, and in ``s4nd_resolution='continuous'`` mode other sizes are
-    read as the same signal resampled (rate = base / size per axis, spec §5).
+    read as the same signal resampled (rate = base / size per axis, docs/design.md §5).
 
     Args:
         in_chans: input channels.
@@ -308,13 +307,13 @@ class S4NDConvNeXt(S4NDModelMixin, nn.Module):
         stem_chs, stem_l_max: S4ND stem width and kernel length (base pixels per direction).
         drop_rate: head dropout. drop_path_rate: stochastic depth, linear 0 -> rate over all blocks.
         head_init_scale: classifier weight / bias init scale.
-        d_state, dt_min, dt_max, bandlimit, ssm_lr: SSM settings of every S4ND (spec §3, §4).
+        d_state, dt_min, dt_max, bandlimit, ssm_lr: SSM settings of every S4ND (docs/design.md §3, §4).
         s4nd_mode, s4nd_init: S4ND kernel family and init.
         s4nd_backend: convolution path ('auto', 'fft', 'matmul', 'triton'); settable later.
         s4nd_resolution: 'continuous' or 'discrete'; settable later.
         temporal_init, temporal_dt: video, the time-axis kernel's init (None: 'hippo' for mode 'dplr', as the
             reference video run, else ``s4nd_init``) and fixed Δ (None: the [dt_min, dt_max] range); one SSM
-            set per feature. Default Δ = e^2, the reference video run's effective value (spec §7.2, §3).
+            set per feature. Default Δ = e^2, the reference video run's effective value (docs/design.md §7.2, §3).
     """
 
     def __init__(
@@ -519,7 +518,7 @@ class S4NDConvNeXt(S4NDModelMixin, nn.Module):
         """(B, C, H, W) or (B, C, T, H, W) -> (B, num_classes).
 
         rate: None (the ``s4nd_resolution`` rule: base size / input size per axis, or 1 when
-        discrete), a float, or one per axis (T, H, W), r = base / actual (spec §5).
+        discrete), a float, or one per axis (T, H, W), r = base / actual (docs/design.md §5).
         """
         return self.forward_head(self.forward_features(x, rate))
 
@@ -604,6 +603,6 @@ def s4nd_convnext_base(pretrained: bool = False, **kwargs) -> S4NDConvNeXt:
 
 @register_model
 def s4nd_convnext_tiny_3d(pretrained: bool = False, **kwargs) -> S4NDConvNeXt:
-    """ConvNeXt-T with S4ND-3D for video, input (B, 3, T, H, W) (HMDB-51 setup, spec §7.2)."""
+    """ConvNeXt-T with S4ND-3D for video, input (B, 3, T, H, W) (HMDB-51 setup, docs/design.md §7.2)."""
     model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), num_frames=30)
     return _create_s4nd_convnext('s4nd_convnext_tiny_3d', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -2,14 +2,14 @@
 
 Paper: "S4ND: Modeling Images and Videos as Multidimensional Signals Using State Spaces",
 Nguyen et al., NeurIPS 2022 (arXiv 2210.06583), §5 (zero-shot resolution change, progressive resizing).
-Origin: written from s4nd-spec.md §7.4, §7.5 (reference: state-spaces/s4 CIFAR isotropic configs).
+See docs/design.md §7.4, §7.5 (reference: state-spaces/s4 CIFAR isotropic configs).
 
 Architecture (channels-last throughout): per-pixel Linear(in_chans -> d) -> depth x [pre-LN -> mixer ->
 dropout (tied over space) -> drop path -> residual] -> LayerNorm -> mean pool -> Linear. Mixers:
     's4nd':   S4ND-2D, l_max = img_size, bidirectional, GELU -> Linear -> GLU, d_state 64, Δ in [0.1, 1]
     'conv2d': full Conv2d(d, d, k, padding='same') -> GELU (the reference's baseline; ignores ``rate``)
 ``forward(x, rate=r)`` evaluates at another resolution the way the reference's loaders do
-(r = base / actual, spec §5); without ``rate`` the S4ND layers use ``s4nd_resolution`` ('continuous':
+(r = base / actual, docs/design.md §5); without ``rate`` the S4ND layers use ``s4nd_resolution`` ('continuous':
 r = img_size / input size per axis).
 
 Registered sizes: the paper's (S4ND d=256, 6 layers, as in its zero-shot and progressive-resizing configs;
@@ -37,7 +37,7 @@ from ._common import S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
 
 __all__ = ['S4NDIsotropic']
 
-# Kernel family and init of every S4ND here: what the reference's configs ran (spec §6; the CIFAR
+# Kernel family and init of every S4ND here: what the reference's configs ran (docs/design.md §6; the CIFAR
 # zero-shot config used 'diag-lin' with bandlimit 0.2).
 _DEFAULT_MODE = 'dplr'
 _DEFAULT_INIT = 'legs'
@@ -105,7 +105,7 @@ class S4NDIsotropic(S4NDModelMixin, nn.Module):
         kernel_size: Conv2D mixer kernel (the reference: 3 isotropic, 5 progressive resizing).
         block_drop_rate: dropout after each mixer, tied over space (the reference: 0.1).
         drop_rate: dropout before the classifier. drop_path_rate: stochastic depth, linear over blocks.
-        d_state, dt_min, dt_max, bandlimit, ssm_lr: SSM settings of every S4ND (spec §3, §4).
+        d_state, dt_min, dt_max, bandlimit, ssm_lr: SSM settings of every S4ND (docs/design.md §3, §4).
         s4nd_mode, s4nd_init: S4ND kernel family and init.
         s4nd_backend: convolution path ('auto', 'fft', 'matmul', 'triton'); settable later.
         s4nd_resolution: 'continuous' or 'discrete'; settable later.
@@ -270,7 +270,7 @@ class S4NDIsotropic(S4NDModelMixin, nn.Module):
         """(B, C, H, W) -> (B, num_classes).
 
         rate: None (each S4ND's ``s4nd_resolution`` rule), a float or (r_H, r_W), r = base / actual
-        (spec §5); the Conv2D twin ignores it.
+        (docs/design.md §5); the Conv2D twin ignores it.
         """
         return self.forward_head(self.forward_features(x, rate))
 

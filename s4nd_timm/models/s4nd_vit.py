@@ -2,10 +2,10 @@
 
 Paper: "S4ND: Modeling Images and Videos as Multidimensional Signals Using State Spaces",
 Nguyen et al., NeurIPS 2022 (arXiv 2210.06583); ViT: Dosovitskiy et al., ICLR 2021 (arXiv 2010.11929).
-Origin: written from s4nd-spec.md §7.3 (reference: state-spaces/s4 ViT-S4ND config); the trunk is
+See docs/design.md §7.3 (reference: state-spaces/s4 ViT-S4ND config); the trunk is
 timm's ``VisionTransformer`` with ``S4NDViTBlock`` as its ``block_fn``.
 
-Architecture (spec §7.3): 16x16 patch embedding -> depth x [pre-LN -> S4ND -> drop path -> residual;
+Architecture (docs/design.md §7.3): 16x16 patch embedding -> depth x [pre-LN -> S4ND -> drop path -> residual;
 pre-LN -> MLP -> drop path -> residual] -> LayerNorm -> mean pool -> Linear. No class token, no position
 embedding: the S4ND is 1-D over the row-major patch sequence (l_max = number of patches at ``img_size``),
 bidirectional, channels=2, GELU -> Linear(2D -> 2D) -> GLU, d_state 64, Δ in [0.001, 0.1].
@@ -14,7 +14,7 @@ Changes from the reference: one axis kernel (the reference builds a second, unus
 any input size whose sides are multiples of the patch (``dynamic_img_pad=True`` pads other sizes): the
 sequence is then longer or shorter than l_max, read at rate l_max / L in continuous mode.
 
-Module names (spec §8 reference -> here), for the checkpoint converter:
+Module names (docs/design.md §8 reference -> here), for the checkpoint converter:
     patch_embed.proj                        -> patch_embed.proj
     blocks.{2i}.norm.norm                   -> blocks.i.norm1
     blocks.{2i}.layer.{D,kernel.0.*,output_linear.0.*}
@@ -39,7 +39,7 @@ from ._common import IN1K_CFG, S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_arg
 
 __all__ = ['S4NDVisionTransformer', 'S4NDViTBlock', 'checkpoint_filter_fn']
 
-# Kernel family and init of every S4ND here: what the reference's configs ran (spec §6).
+# Kernel family and init of every S4ND here: what the reference's configs ran (docs/design.md §6).
 _DEFAULT_MODE = 'dplr'
 _DEFAULT_INIT = 'legs'
 
@@ -106,7 +106,7 @@ class S4NDVisionTransformer(S4NDModelMixin, VisionTransformer):
         proj_drop_rate, drop_path_rate, dynamic_img_pad, weight_init: as in timm's VisionTransformer.
         global_pool: 'avg' (the reference), 'max', 'avgmax' or ''.
         s4nd_channels: S4ND channels per feature (the reference: 2).
-        d_state, dt_min, dt_max, bandlimit, ssm_lr: SSM settings of every S4ND (spec §3, §4).
+        d_state, dt_min, dt_max, bandlimit, ssm_lr: SSM settings of every S4ND (docs/design.md §3, §4).
         s4nd_mode, s4nd_init: S4ND kernel family and init.
         s4nd_backend: convolution path ('auto', 'fft', 'matmul', 'triton'); settable later.
         s4nd_resolution: 'continuous' or 'discrete'; settable later.
