@@ -16,7 +16,7 @@ from torch import Tensor
 
 __all__ = [
     'ConversionError', 'ReferenceKeys', 'Rule', 'S4ND_LAYER', 'drop', 'strip_lightning', 'is_reference',
-    'lightning_unwrapped', 'rename_reference', 'fit_reference', 'load_reference', 'accept_reference_checkpoints']
+    'rename_reference', 'fit_reference', 'load_reference', 'filter_reference', 'accept_reference_checkpoints']
 
 _KERNEL_NAMES = ('inv_dt', 'A_real', 'A_imag', 'B', 'C', 'P', 'l_kernel')
 # keys only a reference state dict has, in every family: Lightning's prefix, v3 kernels, the GLU projection's '.0.'
@@ -269,10 +269,17 @@ def accept_reference_checkpoints(model: nn.Module, model_cls: type, filter_fn: C
     return model
 
 
-def lightning_unwrapped(state_dict: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-    """``state_dict['state_dict']`` / ``['model']`` if the checkpoint wraps its tensors so, else itself."""
+def filter_reference(
+        state_dict: Mapping[str, Tensor], model: nn.Module, reference_keys: Callable[..., ReferenceKeys],
+        family_pattern: str) -> Mapping[str, Tensor]:
+    """What every family's ``checkpoint_filter_fn`` does first: a reference state dict (``is_reference``) renamed by
+    the family's ``reference_keys`` and fitted to ``model`` (``load_reference``); any other (our own checkpoints)
+    unchanged, taken out of a ``state_dict`` / ``model`` entry if it is wrapped in one."""
     for key in ('state_dict', 'model'):
         if isinstance(state_dict.get(key), Mapping):
-            return state_dict[key]
+            state_dict = state_dict[key]
+            break
+    if is_reference(state_dict, family_pattern):
+        return load_reference(reference_keys(state_dict), model)
     return state_dict
 

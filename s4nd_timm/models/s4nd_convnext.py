@@ -38,8 +38,7 @@ from s4nd_timm.layers import S4ND
 
 from ._common import IN1K_CFG, S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
 from ._reference_keys import (
-    S4ND_LAYER, ReferenceKeys, Rule, accept_reference_checkpoints, is_reference, lightning_unwrapped, load_reference,
-    rename_reference)
+    S4ND_LAYER, ReferenceKeys, Rule, accept_reference_checkpoints, filter_reference, rename_reference)
 
 __all__ = ['S4NDConvNeXt', 'checkpoint_filter_fn', 'reference_keys']
 
@@ -591,9 +590,7 @@ def _expand_reference_stem(keys: ReferenceKeys) -> None:
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: S4NDConvNeXt) -> Dict[str, Tensor]:
     """Our checkpoints load as they are; a 2-D checkpoint for a video model is inflated (``inflate_2d_to_3d``);
     a reference (state-spaces/s4) checkpoint is renamed by ``REFERENCE_RULES`` and must fit the model as built."""
-    state_dict = lightning_unwrapped(state_dict)
-    if is_reference(state_dict, _REFERENCE_ONLY):
-        return load_reference(reference_keys(state_dict), model)
+    state_dict = filter_reference(state_dict, model, reference_keys, _REFERENCE_ONLY)
     stem_key = 'stem.conv.weight'
     if model.ndim == 3 and stem_key in state_dict and state_dict[stem_key].dim() == 4:
         from ._inflate import inflate_2d_to_3d

@@ -34,8 +34,7 @@ from s4nd_timm.layers import S4ND
 
 from ._common import S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
 from ._reference_keys import (
-    S4ND_LAYER, ReferenceKeys, Rule, accept_reference_checkpoints, is_reference, lightning_unwrapped, load_reference,
-    rename_reference)
+    S4ND_LAYER, ReferenceKeys, Rule, accept_reference_checkpoints, filter_reference, rename_reference)
 
 __all__ = ['S4NDIsotropic', 'checkpoint_filter_fn', 'reference_keys']
 
@@ -309,10 +308,7 @@ def reference_keys(state_dict: Dict[str, Tensor]) -> ReferenceKeys:
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: S4NDIsotropic) -> Dict[str, Tensor]:
     """Our checkpoints load as they are; a reference (state-spaces/s4) checkpoint is renamed by ``REFERENCE_RULES``
     and must fit the model as built."""
-    state_dict = lightning_unwrapped(state_dict)
-    if is_reference(state_dict, _REFERENCE_ONLY):
-        return load_reference(reference_keys(state_dict), model)
-    return state_dict
+    return filter_reference(state_dict, model, reference_keys, _REFERENCE_ONLY)
 
 
 # The '.synthetic' weights are trained by the main job (s4nd-demo, train/main_job.py) at 8 px with these arguments,
