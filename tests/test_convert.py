@@ -416,6 +416,11 @@ def test_raw_c_checkpoint_is_refused_without_its_base_size(tmp_path, capsys):
     assert not (tmp_path / 'out').exists()
     with pytest.raises(ValueError, match=r'never ran a forward.*s4nd-convert CKPT OUT_DIR --model-kwargs img_size=N'):
         timm.create_model('s4nd_iso_cifar', checkpoint_path=str(ckpt), d_model=8, depth=1, img_size=8, d_state=4)
+    # the S4ND stem's kernel length is a second base size (stem_l_max); a raw 3-D time kernel needs num_frames
+    with pytest.raises(ConversionError, match=r'--model-kwargs stem_l_max=N\.$'):
+        convert_state_dict(_raw_c(ref_convnext()), model_kwargs={'img_size': 32})
+    with pytest.raises(ConversionError, match=r'--model-kwargs img_size=N num_frames=N\.$'):
+        convert_state_dict(_raw_c(ref_convnext(video_frames=4)))
 
 
 def test_raw_c_checkpoint_with_its_base_size_computes_what_c_tilde_built_at_that_size_computes(tmp_path):
