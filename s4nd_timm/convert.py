@@ -297,10 +297,14 @@ def _iso_args(sd: Mapping[str, Tensor], kw: Dict[str, Any]) -> None:
          img_size=_size([_l_kernel(sd, 'blocks.0.mixer.', a) for a in (0, 1)], 1))
 
 
-@functools.lru_cache(maxsize=None)
 def registered_args(name: str) -> Dict[str, Any]:
     """The constructor arguments a registered ``s4nd_*`` entrypoint sets (its sizes), read without building it:
     the entrypoint is called with its module's ``build_s4nd_model`` replaced by one that returns its arguments."""
+    return dict(_registered_args(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _registered_args(name: str) -> Dict[str, Any]:
     from timm.models import model_entrypoint
     entry = model_entrypoint(name)
     captured: Dict[str, Any] = {}
@@ -314,17 +318,13 @@ def registered_args(name: str) -> Dict[str, Any]:
     return captured
 
 
-def _same(a: Any, b: Any) -> bool:
-    return (tuple(a) if isinstance(a, list) else a) == (tuple(b) if isinstance(b, list) else b)
-
-
 def _registered_model(family: str, kw: Dict[str, Any], video: bool) -> Tuple[str, Dict[str, Any]]:
     """The registered model whose own arguments (except the clip length) the inferred ones match, and the
     arguments left to pass; else the family's default model with all of them."""
     import timm
     for name in timm.list_models(FAMILIES[family].__name__.rsplit('.', 1)[-1] + '*'):
-        own = {k: v for k, v in registered_args(name).items() if k != 'num_frames'}
-        if ('num_frames' in registered_args(name)) == video and all(_same(kw.get(k), v) for k, v in own.items()):
+        own = {k: v for k, v in _registered_args(name).items() if k != 'num_frames'}
+        if ('num_frames' in _registered_args(name)) == video and all(kw.get(k) == v for k, v in own.items()):
             return name, {k: v for k, v in kw.items() if k not in own}
     return _DEFAULT_MODEL[f'{family}_3d' if video else family], kw
 
