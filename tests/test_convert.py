@@ -349,3 +349,171 @@ def test_not_a_reference_checkpoint():
 def test_console_script_is_declared():
     text = (Path(__file__).resolve().parents[1] / 'pyproject.toml').read_text()
     assert 's4nd-convert = "s4nd_timm.convert:main"' in text
+
+
+# ------------------------------------------------------------------------- timm loads reference checkpoints directly
+def _timm_routes(ref, tmp_path, plain=False):
+    """(s4nd-convert's model, the same checkpoint through timm's pretrained file, through checkpoint_path)."""
+    converted, report = convert_state_dict(ref)
+    ckpt = tmp_path / ('ref.pt' if plain else 'ref.ckpt')
+    torch.save(ref if plain else lightning(ref), ckpt)
+    name, kwargs = report.model_name, report.model_kwargs
+    overlay = dict(file=str(ckpt), num_classes=kwargs.get('num_classes'))
+    pretrained = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    from_path = timm.create_model(name, checkpoint_path=str(ckpt), **kwargs)
+    return converted, pretrained, from_path
+
+
+@pytest.mark.parametrize('family', ['convnext', 'vit', 'iso'])
+def test_timm_pretrained_file_and_checkpoint_path_load_what_s4nd_convert_loads(tmp_path, family):
+    torch.manual_seed(0)
+    ref = {'convnext': ref_convnext, 'vit': lambda: ref_vit(depth=1, v3=True), 'iso': lambda: ref_iso(depth=1)}[family]()
+    converted, pretrained, from_path = _timm_routes(ref, tmp_path, plain=family == 'vit')
+    want = converted.state_dict()
+    for model in (pretrained, from_path):
+        got = model.state_dict()
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
+    x = torch.randn(1, 3, 32, 32) if family != 'iso' else torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(from_path.eval()(x), converted(x), rtol=0, atol=0)
+
+
+def test_our_own_checkpoints_pass_the_filters_unchanged():
+    from s4nd_timm.models import s4nd_convnext, s4nd_iso, s4nd_vit
+    for module, name, kw in ((s4nd_convnext, 's4nd_convnext_tiny', dict(depths=(1, 1), dims=(8, 16), img_size=32)),
+                             (s4nd_vit, 's4nd_vit_tiny_patch16', dict(depth=1, embed_dim=16, img_size=32)),
+                             (s4nd_iso, 's4nd_iso_cifar_small', dict(depth=1, d_model=8, img_size=8))):
+        model = timm.create_model(name, d_state=4, **kw)
+        sd = model.state_dict()
+        assert module.checkpoint_filter_fn(sd, model) is sd, name
+        assert module.checkpoint_filter_fn({'state_dict': sd}, model) is sd, name
+        model.load_state_dict(sd)  # through the reference pre-hook, strict
+
+
+def test_a_reference_checkpoint_that_does_not_fit_the_model_built_is_refused_by_name(tmp_path):
+    ckpt = tmp_path / 'ref.ckpt'
+    torch.save(lightning(ref_vit(depth=2)), ckpt)
+    with pytest.raises(ValueError, match=r'(?s)does not fit S4NDVisionTransformer.*model\.blocks\.2\.norm\.norm\.weight'
+                                         r'.*s4nd-convert'):
+        timm.create_model('s4nd_vit_tiny_patch16', checkpoint_path=str(ckpt), depth=1, embed_dim=16, img_size=32,
+                          d_state=4, num_classes=5)
+
+
+# ------------------------------------------------------------------------------------ raw C: the base size is needed
+def _raw_c(ref):
+    for k in [k for k in ref if k.endswith('l_kernel')]:
+        ref[k] = torch.tensor(0)  # a reference module never run forward: C is the raw C
+    return ref
+
+
+def test_raw_c_checkpoint_is_refused_without_its_base_size(tmp_path, capsys):
+    ckpt = _write(tmp_path, _raw_c(ref_iso(depth=1)))
+    assert main([str(ckpt), str(tmp_path / 'out')]) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and str(ckpt) in err and 'l_kernel = 0' in err and '--model-kwargs img_size=N' in err
+    assert not (tmp_path / 'out').exists()
+    with pytest.raises(ValueError, match=r'never ran a forward.*s4nd-convert CKPT OUT_DIR --model-kwargs img_size=N'):
+        timm.create_model('s4nd_iso_cifar', checkpoint_path=str(ckpt), d_model=8, depth=1, img_size=8, d_state=4)
+    # the S4ND stem's kernel length is a second base size (stem_l_max); a raw 3-D time kernel needs num_frames
+    with pytest.raises(ConversionError, match=r'--model-kwargs stem_l_max=N\.$'):
+        convert_state_dict(_raw_c(ref_convnext()), model_kwargs={'img_size': 32})
+    with pytest.raises(ConversionError, match=r'--model-kwargs img_size=N num_frames=N\.$'):
+        convert_state_dict(_raw_c(ref_convnext(video_frames=4)))
+
+
+def test_raw_c_checkpoint_with_its_base_size_computes_what_c_tilde_built_at_that_size_computes(tmp_path):
+    torch.manual_seed(1)
+    ref = _raw_c(ref_iso(depth=2, img=16))
+    ckpt, out = _write(tmp_path, ref), tmp_path / 'out'
+    assert main([str(ckpt), str(out), '--model-kwargs', 'img_size=16']) == 0
+    converted = _loaded(out)
+    # independently: the reference layout renamed by hand (docs/design.md §8), C̃ built from the raw C for L = 16
+    want = timm.create_model('s4nd_iso_cifar', d_model=8, depth=2, img_size=16, d_state=4, s4nd_init='legs').eval()
+    ours = {}
+    for key, value in ref.items():
+        key = key[len('model.'):] if key.startswith('model.') else key
+        key = key.replace('encoder.0.', 'stem.').replace('decoder.0.output_transform.', 'head.')
+        key = key.replace('.norm.norm.', '.norm.').replace('norm.norm.', 'norm.').replace('layers.', 'blocks.')
+        key = key.replace('.layer.output_linear.0.', '.mixer.output_linear.').replace('.layer.', '.mixer.')
+        ours[key] = value[:, :, None, None] if key == 'stem.weight' else value
+    raw = {k: ours.pop(k) for k in [k for k in ours if k.endswith('.C') or k.endswith('.l_kernel')]}
+    want.load_state_dict(ours, strict=False)
+    for name, module in want.named_modules():
+        if hasattr(module, 'set_raw_c'):
+            module.set_raw_c(raw[f'{name}.C'], 16)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), want(x), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ no silent wrong numbers, clear errors
+def test_non_finite_tensors_are_refused_by_name_unless_allowed(tmp_path, capsys):
+    ref = ref_iso(depth=1)
+    ref['model.layers.0.layer.kernel.1.B'][0, 0, 0, 0] = float('nan')
+    ref['decoder.0.output_transform.bias'][:] = float('inf')
+    ckpt, out = _write(tmp_path, ref), tmp_path / 'out'
+    assert main([str(ckpt), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert 'model.layers.0.layer.kernel.1.B (1 of ' in err and 'decoder.0.output_transform.bias (10 of 10)' in err
+    assert '--allow-nonfinite' in err and str(ckpt) in err and err.count('\n') == 1 and not out.exists()
+    with pytest.raises(ValueError, match='NaN or Inf'):
+        timm.create_model('s4nd_iso_cifar', checkpoint_path=str(ckpt), d_model=8, depth=1, img_size=8, d_state=4)
+    assert main([str(ckpt), str(out), '--allow-nonfinite']) == 0
+    assert torch.isinf(_loaded(out).head.bias).all()
+
+
+@pytest.mark.parametrize('name', ['ref.ckpt', 'ref_legacy.pt', 'ref.safetensors'])
+def test_truncated_checkpoint_is_named_in_one_line(tmp_path, capsys, name):
+    path = tmp_path / name
+    sd = {k[len('model.'):] if k.startswith('model.') else k: v for k, v in ref_iso(depth=1).items()}
+    if name.endswith('.safetensors'):
+        from safetensors.torch import save_file
+        save_file(sd, str(path))
+    else:
+        torch.save(lightning(sd), path, _use_new_zipfile_serialization=not name.endswith('legacy.pt'))
+    data = path.read_bytes()
+    for cut in (0, 7, len(data) // 2, len(data) - 3):
+        path.write_bytes(data[:cut])
+        assert main([str(path), str(tmp_path / 'out')]) == 1
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1 and str(path) in err and 'truncated or not a' in err, (cut, err)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_timm_routes_refuse_a_pickle_that_runs_code_and_never_run_it(tmp_path):
+    marker = tmp_path / 'pwned'
+    ckpt = tmp_path / 'evil.ckpt'
+    torch.save(lightning(ref_iso(depth=1), hyper_parameters=_Exploit(marker)), ckpt)
+    kw = dict(d_model=8, depth=1, img_size=8, d_state=4)
+    with pytest.raises(Exception, match='(?i)weights.only'):
+        timm.create_model('s4nd_iso_cifar', checkpoint_path=str(ckpt), **kw)
+    with pytest.raises(Exception, match='(?i)weights.only'):
+        timm.create_model('s4nd_iso_cifar', pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt)), **kw)
+    assert not marker.exists()
+
+
+def test_user_errors_are_one_line_with_a_non_zero_exit(tmp_path, capsys):
+    ckpt = _write(tmp_path, ref_iso(depth=1))
+    cases = [([str(tmp_path / 'nope.ckpt'), str(tmp_path / 'o')], 1, 'does not exist'),
+             ([str(ckpt), str(tmp_path / 'o'), '--model-kwargs', 'd_model'], 2, 'key=value'),
+             ([str(ckpt), str(tmp_path / 'o'), '--model-kwargs', 'no_such_arg=1'], 1, 'no_such_arg'),
+             ([str(ckpt), str(tmp_path / 'o'), '--model', 's4nd_vit_tiny_patch16'], 1, 'cannot build')]
+    for argv, code, text in cases:
+        assert main(argv) == code, argv
+        err = capsys.readouterr().err
+        assert err.startswith('s4nd-convert: error:') and text in err and err.count('\n') == 1, (argv, err)
+    assert not (tmp_path / 'o').exists()
+
+
+def test_registered_sizes_come_from_the_entrypoints():
+    from s4nd_timm.convert import infer_model, registered_args
+    from s4nd_timm.models import s4nd_convnext, s4nd_vit
+    assert registered_args('s4nd_convnext_base') == dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
+    assert registered_args('s4nd_vit_small_patch16') == dict(patch_size=16, embed_dim=384, depth=12)
+    micro = s4nd_convnext.reference_keys(ref_convnext(dims=(64, 128, 256, 512), depths=(3, 3, 3, 3)))
+    name, kw = infer_model(micro.tensors, 'convnext')
+    assert name == 's4nd_convnext_micro' and 'depths' not in kw and 'dims' not in kw
+    name, kw = infer_model(s4nd_vit.reference_keys(ref_vit(embed=192, depth=12)).tensors, 'vit')
+    assert name == 's4nd_vit_tiny_patch16' and kw['img_size'] == 32 and 'embed_dim' not in kw

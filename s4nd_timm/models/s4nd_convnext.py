@@ -16,20 +16,11 @@ Defaults: patch stem, conv downsample, S4ND only in the blocks ("ConvNeXt-T with
 in place of the 7x7 depthwise conv", and the layout the reference's video run inflates from). The
 reference's ImageNet config is ``stem_type='s4nd', downsample_type='s4nd'``.
 
-Module names (docs/design.md §8 reference -> here), for the checkpoint converter:
-    stem.stem.{D,kernel.*} (S4ND stem)      -> stem.conv.{D,kernel.*}  (see ``S4NDStem``: D and
-                                               inv_dt are per (out, in) channel pair here)
-    stem.post_stem.1 (Linear 32 -> 2 d0)    -> stem.proj
-    stem.post_stem.3 (LayerNorm2d)          -> stem.norm
-    stem.stem.0 / stem.stem.1 (patch stem)  -> stem.conv / stem.norm
-    stages.s.norm_layer                     -> stages.s.downsample.norm
-    stages.s.downsample.s4conv              -> stages.s.downsample.conv   (S4ND downsample)
-    stages.s.downsample.fc                  -> stages.s.downsample.proj
-    stages.s.downsample.conv (conv)         -> stages.s.downsample.conv
-    stages.s.blocks.j.conv_dw               -> stages.s.blocks.j.conv_dw  (S4ND; names inside = layer's)
-    stages.s.blocks.j.{norm,mlp.fc1,mlp.fc2,gamma}, head.{norm,fc}: unchanged.
+Reference (state-spaces/s4) checkpoints load directly (``checkpoint_filter_fn``, ``REFERENCE_RULES``;
+the key map is docs/design.md §8).
 """
 import math
+import re
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -46,8 +37,10 @@ from s4nd_timm.hub import build_s4nd_model
 from s4nd_timm.layers import S4ND
 
 from ._common import IN1K_CFG, S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
+from ._reference_keys import (
+    S4ND_LAYER, ReferenceKeys, Rule, accept_reference_checkpoints, filter_reference, rename_reference)
 
-__all__ = ['S4NDConvNeXt', 'checkpoint_filter_fn']
+__all__ = ['S4NDConvNeXt', 'checkpoint_filter_fn', 'reference_keys']
 
 # Kernel family and init of every S4ND here: what the reference's ConvNeXt configs ran (docs/design.md §6).
 _DEFAULT_MODE = 'dplr'
@@ -535,17 +528,69 @@ def _init_weights(module: nn.Module, head_init_scale: float = 1.0) -> None:
         module.fc.bias.data.mul_(head_init_scale)
 
 
+# Reference (state-spaces/s4) key rules, docs/design.md §8: (regex on the key, -> our key | S4ND layer | drop).
+REFERENCE_RULES: List[Rule] = [
+    (r'stem\.stem\.([01])\.(weight|bias)', lambda m: f"stem.{'conv' if m[1] == '0' else 'norm'}.{m[2]}"),
+    (r'stem\.stem\.(?P<inner>.+)', lambda m: (S4ND_LAYER, 'stem.conv.')),
+    (r'stem\.post_stem\.1\.(weight|bias)', lambda m: f'stem.proj.{m[1]}'),
+    (r'stem\.post_stem\.3\.(weight|bias)', lambda m: f'stem.norm.{m[1]}'),
+    (r'stages\.(\d+)\.norm_layer\.(weight|bias)', lambda m: f'stages.{m[1]}.downsample.norm.{m[2]}'),
+    (r'stages\.(\d+)\.downsample\.s4conv\.(?P<inner>.+)', lambda m: (S4ND_LAYER, f'stages.{m[1]}.downsample.conv.')),
+    (r'stages\.(\d+)\.downsample\.fc\.(weight|bias)', lambda m: f'stages.{m[1]}.downsample.proj.{m[2]}'),
+    (r'stages\.(\d+)\.downsample\.conv\.(weight|bias)', lambda m: m[0]),
+    (r'stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.(?P<inner>.+)',
+     lambda m: (S4ND_LAYER, f'stages.{m[1]}.blocks.{m[2]}.conv_dw.')),
+    (r'stages\.(\d+)\.blocks\.(\d+)\.(norm|mlp\.fc1|mlp\.fc2)\.(weight|bias)', lambda m: m[0]),
+    (r'stages\.(\d+)\.blocks\.(\d+)\.gamma', lambda m: m[0]),
+    (r'head\.(norm|fc)\.(weight|bias)', lambda m: m[0]),
+]
+_REFERENCE_ONLY = r'^(model\.)?stem\.(stem|post_stem)\.|\.norm_layer\.|\.downsample\.(s4conv|fc)\.'
+
+
+def reference_keys(state_dict: Dict[str, Tensor]) -> ReferenceKeys:
+    """A reference ConvNeXt-S4ND (2-D or 3-D) state dict under our names (docs/design.md §8)."""
+    keys = rename_reference(state_dict, REFERENCE_RULES)
+    _expand_reference_stem(keys)
+    return keys
+
+
+def _expand_reference_stem(keys: ReferenceKeys) -> None:
+    """Reference S4ND stem (full conv, kernel channels (2 S, C_in), inv_dt per input channel) -> our depthwise
+    (out, in)-pair layer (``S4NDStem``): inv_dt repeated over the S out channels, C (2 S, C_in, M, 2) ->
+    (2, S C_in, M, 2) (pair o C_in + i), D (unused by the reference) = 0."""
+    out, origin = keys.tensors, keys.origin
+    c_keys = sorted(k for k in out if re.fullmatch(r'stem\.conv\.kernel\.\d+\.C', k))
+    if not c_keys:
+        return
+    ck, c_in = out[c_keys[0]].shape[:2]
+    stem_chs = out['stem.proj.weight'].shape[1] if 'stem.proj.weight' in out else ck // 2
+    if ck != 2 * stem_chs:
+        keys.mismatched.append(
+            f"{origin[c_keys[0]]} {tuple(out[c_keys[0]].shape)}: the S4ND stem needs 2 x stem channels = "
+            f"{2 * stem_chs} kernel channels (bidirectional, one per output channel)")
+        return
+    for key in [k for k in out if k.startswith('stem.conv.')]:
+        t, name = out[key], key.rsplit('.', 1)[-1]
+        if name == 'inv_dt':
+            out[key] = t.repeat(stem_chs, 1)
+        elif name == 'C':
+            out[key] = t.reshape(2, stem_chs * t.shape[1], *t.shape[2:])
+        elif name == 'D':
+            out[key] = torch.zeros(t.shape[0], t.shape[1] * stem_chs, dtype=t.dtype)
+        elif name in ('A_real', 'B', 'P'):  # the (A, B, P) sets are tiled over channels h mod n_ssm
+            n_ssm = t.shape[0] if name == 'A_real' else t.shape[1]
+            if c_in % n_ssm:
+                keys.mismatched.append(
+                    f"{origin[key]} {tuple(t.shape)}: n_ssm={n_ssm} must divide the stem's {c_in} input channels "
+                    f"for pair o C_in + i to keep input channel i's set")
+    if 'stem.conv.D' in out:
+        keys.notes.append(f"`{origin['stem.conv.D']}` is unused by the reference's full-conv stem; `stem.conv.D` = 0")
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: S4NDConvNeXt) -> Dict[str, Tensor]:
-    """Our checkpoints load as they are; a 2-D checkpoint for a video model is inflated
-    (``inflate_2d_to_3d``); reference (state-spaces/s4) checkpoints are refused with a pointer to the
-    converter."""
-    for key in ('state_dict', 'model'):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-    if any(k.startswith('model.') or '.s4conv.' in k or '.post_stem.' in k for k in state_dict):
-        raise ValueError(
-            "this looks like a state-spaces/s4 reference checkpoint (keys 'model.*', 'stem.post_stem', 's4conv'); "
-            "convert it first with s4nd_timm.convert (python -m s4nd_timm.convert --help).")
+    """Our checkpoints load as they are; a 2-D checkpoint for a video model is inflated (``inflate_2d_to_3d``);
+    a reference (state-spaces/s4) checkpoint is renamed by ``REFERENCE_RULES`` and must fit the model as built."""
+    state_dict = filter_reference(state_dict, model, reference_keys, _REFERENCE_ONLY)
     stem_key = 'stem.conv.weight'
     if model.ndim == 3 and stem_key in state_dict and state_dict[stem_key].dim() == 4:
         from ._inflate import inflate_2d_to_3d
@@ -554,11 +599,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: S4NDConvNeXt) -> 
 
 
 def _create_s4nd_convnext(variant: str, pretrained: bool = False, **kwargs) -> S4NDConvNeXt:
-    return build_s4nd_model(
+    model = build_s4nd_model(
         S4NDConvNeXt, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
         **kwargs)
+    return accept_reference_checkpoints(model, S4NDConvNeXt, checkpoint_filter_fn)
 
 
 default_cfgs = s4nd_default_cfgs(

@@ -15,9 +15,8 @@ r = img_size / input size per axis).
 Registered sizes: the paper's (S4ND d=256, 6 layers, as in its zero-shot and progressive-resizing configs;
 Conv2D d=128, 4 layers, k=3) and ``_small`` ones for CPU training (d=64, 4 layers).
 
-Module names (reference -> here): encoder.0 -> stem (a 1x1 conv, weight (d, C, 1, 1));
-layers.i.norm -> blocks.i.norm; layers.i.layer -> blocks.i.mixer (S4ND: the layer's own names; Conv2D:
-mixer.conv); norm -> norm; decoder.0.output_transform -> head.
+Reference (state-spaces/s4) checkpoints load directly (``checkpoint_filter_fn``, ``REFERENCE_RULES``;
+the key map is docs/design.md §8).
 """
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -34,8 +33,10 @@ from s4nd_timm.hub import WEIGHTS_NAME, build_s4nd_model, packaged_weights_dir
 from s4nd_timm.layers import S4ND
 
 from ._common import S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
+from ._reference_keys import (
+    S4ND_LAYER, ReferenceKeys, Rule, accept_reference_checkpoints, filter_reference, rename_reference)
 
-__all__ = ['S4NDIsotropic']
+__all__ = ['S4NDIsotropic', 'checkpoint_filter_fn', 'reference_keys']
 
 # Kernel family and init of every S4ND here: what the reference's configs ran (docs/design.md §6; the CIFAR
 # zero-shot config used 'diag-lin' with bandlimit 0.2).
@@ -283,6 +284,33 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+# Reference (state-spaces/s4) key rules, docs/design.md §8: (regex on the key, -> our key | S4ND layer).
+REFERENCE_RULES: List[Rule] = [
+    (r'encoder\.0\.(weight|bias)', lambda m: f'stem.{m[1]}'),
+    (r'layers\.(\d+)\.norm(?:\.norm)?\.(weight|bias)', lambda m: f'blocks.{m[1]}.norm.{m[2]}'),
+    (r'layers\.(\d+)\.layer\.(?P<inner>.+)', lambda m: (S4ND_LAYER, f'blocks.{m[1]}.mixer.')),
+    (r'norm(?:\.norm)?\.(weight|bias)', lambda m: f'norm.{m[1]}'),
+    (r'decoder\.0\.output_transform\.(weight|bias)', lambda m: f'head.{m[1]}'),
+]
+_REFERENCE_ONLY = r'^(model\.)?(layers\.\d+|encoder\.0|decoder\.0)\.'
+
+
+def reference_keys(state_dict: Dict[str, Tensor]) -> ReferenceKeys:
+    """A reference isotropic S4ND state dict under our names (docs/design.md §8); the per-pixel Linear encoder
+    (d, C) becomes the 1x1 conv stem (d, C, 1, 1)."""
+    keys = rename_reference(state_dict, REFERENCE_RULES)
+    stem = keys.tensors.get('stem.weight')
+    if stem is not None and stem.dim() == 2:
+        keys.tensors['stem.weight'] = stem[:, :, None, None]
+    return keys
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: S4NDIsotropic) -> Dict[str, Tensor]:
+    """Our checkpoints load as they are; a reference (state-spaces/s4) checkpoint is renamed by ``REFERENCE_RULES``
+    and must fit the model as built."""
+    return filter_reference(state_dict, model, reference_keys, _REFERENCE_ONLY)
+
+
 # The '.synthetic' weights are trained by the main job (s4nd-demo, train/main_job.py) at 8 px with these arguments,
 # so the tag names this model: create_model('<name>.synthetic') builds it (arguments passed explicitly still win,
 # and loading the weights into a model built otherwise is refused, s4nd_timm.hub). timm drops None-valued
@@ -294,10 +322,12 @@ TAG_MODEL_ARGS = {
 
 
 def _create_s4nd_iso(variant: str, pretrained: bool = False, **kwargs) -> S4NDIsotropic:
-    return build_s4nd_model(
+    model = build_s4nd_model(
         S4NDIsotropic, variant, pretrained, tag_model_args=TAG_MODEL_ARGS,
+        pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
         **kwargs)
+    return accept_reference_checkpoints(model, S4NDIsotropic, checkpoint_filter_fn)
 
 
 def _synthetic_cfg(name: str) -> Dict:

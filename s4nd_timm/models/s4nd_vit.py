@@ -14,17 +14,12 @@ Changes from the reference: one axis kernel (the reference builds a second, unus
 any input size whose sides are multiples of the patch (``dynamic_img_pad=True`` pads other sizes): the
 sequence is then longer or shorter than l_max, read at rate l_max / L in continuous mode.
 
-Module names (docs/design.md §8 reference -> here), for the checkpoint converter:
-    patch_embed.proj                        -> patch_embed.proj
-    blocks.{2i}.norm.norm                   -> blocks.i.norm1
-    blocks.{2i}.layer.{D,kernel.0.*,output_linear.0.*}
-                                            -> blocks.i.mixer.{D,kernel.0.*,output_linear.*} (kernel.1: drop)
-    blocks.{2i+1}.norm.norm                 -> blocks.i.norm2
-    blocks.{2i+1}.layer.ff.0.0 / ff.2       -> blocks.i.mlp.fc1 / mlp.fc2
-    norm.norm, head                         -> norm, head
+Reference (state-spaces/s4) checkpoints load directly (``checkpoint_filter_fn``, ``REFERENCE_RULES``;
+the key map is docs/design.md §8).
 """
+import re
 from functools import partial
-from typing import Dict, Optional, Type
+from typing import Dict, List, Optional, Type
 
 import torch.nn as nn
 from timm.layers import DropPath, LayerScale, Mlp
@@ -36,8 +31,10 @@ from s4nd_timm.hub import build_s4nd_model
 from s4nd_timm.layers import S4ND
 
 from ._common import IN1K_CFG, S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
+from ._reference_keys import (
+    S4ND_LAYER, ReferenceKeys, Rule, accept_reference_checkpoints, drop, filter_reference, rename_reference)
 
-__all__ = ['S4NDVisionTransformer', 'S4NDViTBlock', 'checkpoint_filter_fn']
+__all__ = ['S4NDVisionTransformer', 'S4NDViTBlock', 'checkpoint_filter_fn', 'reference_keys']
 
 # Kernel family and init of every S4ND here: what the reference's configs ran (docs/design.md §6).
 _DEFAULT_MODE = 'dplr'
@@ -157,26 +154,58 @@ class S4NDVisionTransformer(S4NDModelMixin, VisionTransformer):
         self._s4nd_resolution = s4nd_resolution
 
 
+def _reference_norm(m: re.Match) -> str:
+    """blocks.{2i}.norm.norm -> blocks.i.norm1 (before the S4ND), blocks.{2i+1}.norm.norm -> blocks.i.norm2."""
+    return f'blocks.{int(m[1]) // 2}.norm{1 + int(m[1]) % 2}.{m[2]}'
+
+
+def _reference_mlp(dest: str):
+    """The reference's odd blocks hold the MLP: blocks.{2i+1}.layer.ff.* -> blocks.i.<dest>."""
+    return lambda m: f'blocks.{int(m[1]) // 2}.{dest}.{m[2]}' if int(m[1]) % 2 else None
+
+
+def _reference_mixer(m: re.Match):
+    """The reference's even blocks hold the S4ND: blocks.{2i}.layer -> blocks.i.mixer, its second axis kernel
+    dropped (a 1-D sequence layer built with two, docs/design.md §7.3)."""
+    if int(m[1]) % 2:
+        return None
+    if re.match(r'kernel\.[1-9]\d*\.', m['inner']):
+        return drop('second axis kernel of a 1-D sequence S4ND, unused by the reference (docs/design.md §7.3)')
+    return S4ND_LAYER, f'blocks.{int(m[1]) // 2}.mixer.'
+
+
+# Reference (state-spaces/s4) key rules, docs/design.md §8: (regex on the key, -> our key | S4ND layer | drop).
+REFERENCE_RULES: List[Rule] = [
+    (r'patch_embed\.proj\.(weight|bias)', lambda m: m[0]),
+    (r'blocks\.(\d+)\.norm\.norm\.(weight|bias)', _reference_norm),
+    (r'blocks\.(\d+)\.layer\.ff\.0\.0\.(weight|bias)', _reference_mlp('mlp.fc1')),
+    (r'blocks\.(\d+)\.layer\.ff\.2\.(weight|bias)', _reference_mlp('mlp.fc2')),
+    (r'blocks\.(\d+)\.layer\.(?P<inner>.+)', _reference_mixer),
+    (r'norm\.norm\.(weight|bias)', lambda m: f'norm.{m[1]}'),
+    (r'head\.(weight|bias)', lambda m: m[0]),
+]
+_REFERENCE_ONLY = r'^(model\.)?blocks\.\d+\.(layer|norm\.norm)\.|^(model\.)?norm\.norm\.'
+
+
+def reference_keys(state_dict: Dict[str, Tensor]) -> ReferenceKeys:
+    """A reference ViT-S4ND state dict under our names (docs/design.md §8)."""
+    return rename_reference(state_dict, REFERENCE_RULES)
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: S4NDVisionTransformer) -> Dict[str, Tensor]:
-    """Our checkpoints load as they are; reference (state-spaces/s4) checkpoints are refused with a
-    pointer to the converter."""
-    for key in ('state_dict', 'model'):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-    if any(k.startswith('model.') or '.layer.' in k or k.startswith('norm.norm.') for k in state_dict):
-        raise ValueError(
-            "this looks like a state-spaces/s4 reference checkpoint (keys 'model.*', 'blocks.*.layer.*'); "
-            "convert it first with s4nd_timm.convert (python -m s4nd_timm.convert --help).")
-    return state_dict
+    """Our checkpoints load as they are; a reference (state-spaces/s4) checkpoint is renamed by ``REFERENCE_RULES``
+    and must fit the model as built."""
+    return filter_reference(state_dict, model, reference_keys, _REFERENCE_ONLY)
 
 
 def _create_s4nd_vit(variant: str, pretrained: bool = False, **kwargs) -> S4NDVisionTransformer:
     out_indices = kwargs.pop('out_indices', 3)
-    return build_s4nd_model(
+    model = build_s4nd_model(
         S4NDVisionTransformer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs)
+    return accept_reference_checkpoints(model, S4NDVisionTransformer, checkpoint_filter_fn)
 
 
 default_cfgs = s4nd_default_cfgs(
