@@ -59,8 +59,7 @@ def test_ssm_param_groups_own_lr_and_no_weight_decay():
             self.head = nn.Linear(8, 3)
 
     model = Tiny()
-    args = argparse.Namespace(opt='adamw', lr=0.01, weight_decay=0.05, momentum=0.9, opt_eps=None, opt_betas=None)
-    opt = create_optimizer(model, args)
+    opt = create_optimizer(model, opt='adamw', lr=0.01, weight_decay=0.05, momentum=0.9)
     group_of = {id(p): g for g in opt.param_groups for p in g['params']}
     assert len(group_of) == sum(len(g['params']) for g in opt.param_groups) == len(list(model.parameters()))
     for layer, lr in ((model.mix, 1e-3), (model.mix_global_lr, 0.01)):
@@ -75,8 +74,7 @@ def test_ssm_param_groups_own_lr_and_no_weight_decay():
 
 def test_ssm_param_groups_on_s4nd_model():
     model = timm.create_model('s4nd_iso_cifar_small', d_model=16, depth=2, d_state=4)
-    args = argparse.Namespace(opt='adamw', lr=0.01, weight_decay=0.05, momentum=0.9, opt_eps=None, opt_betas=None)
-    opt = create_optimizer(model, args)
+    opt = create_optimizer(model, opt='adamw', lr=0.01, weight_decay=0.05, momentum=0.9)
     hinted = [p for p in model.parameters() if hasattr(p, '_optim')]
     assert hinted
     for g in opt.param_groups:
