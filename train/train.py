@@ -241,10 +241,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     train_split, val_split = default_splits(args.dataset)
     args.train_split = args.train_split or train_split
     args.val_split = args.val_split or val_split
-    try:
-        check_args(args)
-    except ValueError as e:
-        parser.error(str(e))
+    if not args.resume:  # a resumed run is checked once its own flags are merged in (main)
+        try:
+            check_args(args)
+        except ValueError as e:
+            parser.error(str(e))
     return args
 
 
@@ -364,6 +365,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         resume_path, ckpt = load_resume_checkpoint(args.resume)
         if isinstance(ckpt.get('args'), argparse.Namespace):
             changes = merge_resume_args(args, ckpt['args'], explicit_flags(argv), ckpt['progress']['epoch'])
+        else:
+            check_args(args)
     elif args.experiment:
         check_run_dir(args, _run_dir(args, 0))
     device = init_distributed_device(args)
