@@ -1,6 +1,5 @@
 """s4nd-train / s4nd-validate: SSM parameter groups, one tiny epoch per dataset, kill -9 and resume,
 torchrun with two CPU ranks, resolution schedule, clear errors. Tiny S4ND configs, CPU."""
-import argparse
 import os
 import signal
 import socket
@@ -19,6 +18,7 @@ from s4nd_timm.train.train import parse_prog_res
 from s4nd_timm.train.validate import main as validate_main
 
 from s4nd_timm import S4ND
+from s4nd_timm._io import safe_torch_load
 
 CONVNEXT_2D = ['--model', 's4nd_convnext_micro', '--model-kwargs', 'depths=(1,1,1,1)', 'dims=(8,16,16,16)',
                'd_state=4', '--img-size', '32']
@@ -34,8 +34,7 @@ def _train(tmp_path, *argv, name='run'):
 
 
 def _checkpoint_state(path):
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location='cpu', weights_only=True)
+    return safe_torch_load(path)
 
 
 def _assert_checkpoint_loads(run_dir, model_name, num_classes, **model_kwargs):

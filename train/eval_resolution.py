@@ -42,7 +42,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from s4nd_timm._io import atomic_write_text
+from s4nd_timm._io import atomic_write, atomic_write_text
 
 from .common import read_checkpoint
 from .data import check_image_folder, create_dataset, create_loader, dataset_kind, default_splits
@@ -351,15 +351,10 @@ def plot_results(rows: Sequence[Dict[str, Any]], resolutions: Sequence[int], pat
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc='upper right', framealpha=0.9)
     fig.tight_layout()
-    tmp = f'{path}.tmp{os.getpid()}'
     try:
-        with open(tmp, 'wb') as fh:
-            fig.savefig(fh, format='png')
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: fig.savefig(fh, format='png'))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def machine_summary(device: torch.device) -> str:
