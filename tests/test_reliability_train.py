@@ -287,6 +287,18 @@ def test_train_user_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, mes
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err and 'Traceback' not in err
     code, err = _cli(monkeypatch, capsys, train_mod, [*TINY, '--output', str(tmp_path), *argv, '--debug'])
     assert code == 2 and 'Traceback' in err and message in err.strip().splitlines()[-1]
+    code, err = _cli(monkeypatch, capsys, train_mod, [*TINY, '--output', str(tmp_path), *argv], env_debug=True)
+    assert code == 2 and 'Traceback' in err and message in err.strip().splitlines()[-1]
+
+
+def test_real_bugs_keep_their_traceback(monkeypatch, capsys):
+    from s4nd_timm.train.engine import run_cli
+
+    def buggy():
+        raise KeyError('a bug')
+    monkeypatch.setattr(sys, 'argv', ['s4nd-train'])
+    with pytest.raises(KeyError):
+        run_cli(buggy, 's4nd-train')
 
 
 def test_synthetic_zero_samples_refused():
@@ -305,6 +317,11 @@ def test_validate_needs_weights_and_ema(tmp_path, monkeypatch, capsys):
     code, err = _cli(monkeypatch, capsys, validate_mod, ['--dataset', 'synthetic', '--checkpoint', last,
                                                          '--val-num-samples', '0'])
     assert code == 2 and '--val-num-samples 0: expected a positive value' in err
+    code, err = _cli(monkeypatch, capsys, validate_mod, ['--dataset', 'synthetic', '--checkpoint', last,
+                                                         '--in-chans', '1', '-j', '0'])
+    assert code == 2 and f'checkpoint {last} does not fit the model' in err and len(err.strip().splitlines()) == 1
+    code, err = _cli(monkeypatch, capsys, validate_mod, ['--dataset', 'synthetic', '--checkpoint', 'missing.pth'])
+    assert code == 2 and "--checkpoint 'missing.pth' not found" in err
 
 
 def test_validate_does_not_import_train():

@@ -2,7 +2,7 @@
 
 Loop structure as timm's ``train.py`` (``train_one_epoch`` / ``validate``): gradient accumulation with DDP ``no_sync``, AMP through timm's
 ``NativeScaler``, EMA, per-update scheduler steps, a callback after every optimizer step (recovery
-checkpoints), skipped-video accounting, sums reduced over ranks once per epoch.
+checkpoints), accounting of unreadable items that were skipped, sums reduced over ranks once per epoch.
 
 Resolution (docs/design.md §5): a batch arrives at the base resolution; ``resize_for_rate`` resizes it to
 ``round(size / rate)`` (bilinear, antialiased) and ``forward_at_rate`` passes ``rate`` to models whose

@@ -13,6 +13,7 @@ Example::
 import argparse
 import json
 import logging
+import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -95,6 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     if not args.checkpoint and not args.pretrained:
         raise ValueError('no weights to evaluate: pass --checkpoint PATH (an s4nd-train or timm checkpoint) or '
                          '--pretrained (the model\'s released weights)')
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise ValueError(f'--checkpoint {args.checkpoint!r} not found; pass an existing checkpoint file')
     if args.use_ema and not args.checkpoint:
         raise ValueError('--use-ema needs --checkpoint (a checkpoint saved with --model-ema)')
     state_dict, saved = read_checkpoint(args.checkpoint, use_ema=args.use_ema) if args.checkpoint else (None, None)
