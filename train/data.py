@@ -7,7 +7,9 @@ Datasets (``--dataset``), each read from its released on-disk format, never down
     synthetic  no files, procedurally rendered (``synthetic.py``)
     torch/..., hfds/...   timm's other map-style sources, passed to ``timm.data.create_dataset``
 Image transforms are timm's (``create_transform`` from ``resolve_data_config``); video transforms are
-pytorchvideo's (``video.py``).
+pytorchvideo's (``video.py``). CIFAR batches go through a restricted unpickler (nothing but plain values and
+numpy arrays is built, so a crafted file cannot run code); an ImageNet image or HMDB-51 video that cannot be
+read is skipped, named and counted (``load_or_skip``), never silently replaced.
 
 Loaders are plain ``DataLoader``s over an ``EpochSampler`` rather than timm's ``create_loader``, which
 cannot start an epoch part-way: the sampler gives a deterministic per-epoch order sharded over ranks and can

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 import torch.nn as nn
 
-from s4nd_timm._io import atomic_link, atomic_write_text, remove_stale_temporaries
+from s4nd_timm._io import TMP_MARK, atomic_link, atomic_write_text, remove_stale_temporaries
 
 from .checkpoint import EXTENSION, ResumableSaver, gather_rank_states, load_resume_checkpoint, set_rng_state
 from .common import (
@@ -313,7 +313,7 @@ def _run_files(folder: str) -> List[str]:
     if not os.path.isdir(folder):
         return []
     found = [p for n in RUN_FILES for p in glob.glob(os.path.join(glob.escape(folder), n + EXTENSION))]
-    found += glob.glob(os.path.join(glob.escape(folder), '.*.tmp-*'))
+    found += glob.glob(os.path.join(glob.escape(folder), f'.*{TMP_MARK}*'))
     return sorted(found + [os.path.join(folder, n) for n in RUN_LOGS if os.path.exists(os.path.join(folder, n))])
 
 
