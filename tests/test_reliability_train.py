@@ -301,6 +301,18 @@ def test_real_bugs_keep_their_traceback(monkeypatch, capsys):
         run_cli(buggy, 's4nd-train')
 
 
+def test_unwritable_outputs_refused_at_start(tmp_path, monkeypatch, capsys):
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('x')
+    code, err = _cli(monkeypatch, capsys, train_mod, [*TINY, '--output', str(a_file), '--experiment', 'run'])
+    assert code == 2 and '--output/--experiment run folder' in err and f'cannot write in {str(a_file)!r}' in err
+    code, err = _cli(monkeypatch, capsys, train_mod, [*TINY, '--output', str(tmp_path), '--experiment', 'a_file'])
+    assert code == 2 and f"{str(a_file)!r} is a file; expected a folder" in err
+    code, err = _cli(monkeypatch, capsys, validate_mod, ['--dataset', 'synthetic', '--pretrained', '--model',
+                                                         's4nd_iso_cifar_small', '--results-file', str(tmp_path)])
+    assert code == 2 and f"--results-file {str(tmp_path)!r} is a folder; expected a file name" in err
+
+
 def test_synthetic_zero_samples_refused():
     config = {'input_size': (3, 8, 8), 'mean': (0.5,) * 3, 'std': (0.5,) * 3}
     with pytest.raises(ValueError, match='num_samples 0: expected a positive number'):  # eval-resolution --num-samples

@@ -20,7 +20,7 @@ from .data import check_image_folder, dataset_kind
 
 __all__ = ['ArgumentParser', 'ModelKwargs', 'resolve_device', 'amp_autocast', 'dataset_num_classes', 'check_in_chans',
            'resolve_img_size', 'build_model', 'read_checkpoint', 'load_weights', 'eval_data_config',
-           'set_channels_last', 'check_positive']
+           'set_channels_last', 'check_positive', 'check_writable']
 
 RGB_DATASETS = ('imagenet', 'cifar10', 'hmdb51')
 
@@ -195,6 +195,20 @@ def set_channels_last(model: nn.Module, video: bool) -> None:
     for m in model.modules():
         if isinstance(m, conv):
             m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+
+
+def check_writable(path: str, flag: str, folder: bool) -> None:
+    """ValueError naming ``flag`` when ``path`` cannot be written: a file where a folder is wanted (or the
+    reverse), or no write permission in the nearest existing folder above it. Checked at start-up, so a
+    long run does not fail at its last step."""
+    if os.path.exists(path) and os.path.isdir(path) != folder:
+        raise ValueError(f"{flag} {path!r} is a {'file' if folder else 'folder'}; expected "
+                         f"{'a folder' if folder else 'a file name'}")
+    parent = os.path.abspath(path if folder and os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path!r}: cannot write in {parent!r}; choose a writable place")
 
 
 def check_positive(flags: Sequence[Tuple[str, Any]]) -> None:

@@ -34,6 +34,7 @@ from .common import (
     build_model,
     check_in_chans,
     check_positive,
+    check_writable,
     dataset_num_classes,
     eval_data_config,
     resolve_device,
@@ -318,7 +319,9 @@ def _run_files(folder: str) -> List[str]:
 
 
 def check_run_dir(args: argparse.Namespace, folder: str) -> None:
-    """A new run (no --resume) must not write into a folder holding another run, unless --overwrite."""
+    """The run folder can be written, and a new run (no --resume) does not write into a folder holding
+    another run, unless --overwrite."""
+    check_writable(folder, '--output/--experiment run folder', folder=True)
     existing = _run_files(folder)
     if args.resume or not existing or args.overwrite:
         return
@@ -369,6 +372,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             check_args(args)
     elif args.experiment:
         check_run_dir(args, _run_dir(args, 0))
+    else:
+        check_writable(args.output or './output/train', '--output', folder=True)
     device = init_distributed_device(args)
     args.primary = args.rank == 0
     setup_console_logging(logging.INFO if args.primary else logging.WARNING)

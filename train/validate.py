@@ -27,6 +27,7 @@ from .common import (
     build_model,
     check_in_chans,
     check_positive,
+    check_writable,
     dataset_num_classes,
     eval_data_config,
     load_weights,
@@ -91,6 +92,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     check_positive([('--img-size', args.img_size), ('--base-size', args.base_size), ('--num-classes', args.num_classes),
                     ('--val-num-samples', args.val_num_samples), ('-b/--batch-size', args.batch_size),
                     ('--num-frames', args.num_frames)])
+    if args.results_file:
+        check_writable(args.results_file, '--results-file', folder=False)
     kind = dataset_kind(args.dataset)
     args.split = args.split or default_splits(args.dataset)[1]
     if not args.checkpoint and not args.pretrained:
