@@ -336,6 +336,21 @@ def test_validate_needs_weights_and_ema(tmp_path, monkeypatch, capsys):
     assert code == 2 and "--checkpoint 'missing.pth' not found" in err
 
 
+def test_validate_refuses_more_classes_than_the_model(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    import timm
+    root = make_image_folder(str(tmp_path / 'data'), num_classes=3, per_class=2, size=12)
+    model = timm.create_model('s4nd_iso_cifar_small', num_classes=2, d_model=8, depth=1, d_state=4, img_size=8)
+    ckpt = tmp_path / 'two.pth'
+    torch.save({'state_dict': model.state_dict(), 'args': argparse.Namespace(
+        model='s4nd_iso_cifar_small', model_kwargs=dict(d_model=8, depth=1, d_state=4), num_classes=2,
+        img_size=8)}, ckpt)
+    code, err = _cli(monkeypatch, capsys, validate_mod, ['--dataset', 'imagenet', '--data-dir', root, '--checkpoint',
+                                                         str(ckpt), '-j', '0'])
+    assert code == 2 and 'imagenet/val has 3 classes but the model has 2 outputs' in err
+
+
 def test_validate_does_not_import_train():
     import subprocess
     code = "import sys, s4nd_timm.train.validate; assert 's4nd_timm.train.train' not in sys.modules"

@@ -4,8 +4,9 @@ Flow and flag names as timm's ``train.py``. Uses timm for model creation, data c
 ``create_optimizer_v2`` (with S4ND SSM parameter groups, ``optim.py``), ``create_scheduler_v2``,
 ``ModelEmaV3``, ``CheckpointSaver`` (``checkpoint.py``), ``NativeScaler`` and distributed setup.
 Additions: datasets in their released formats plus a synthetic one (``data.py``), a resolution schedule
-(``--prog-res``, docs/design.md §5), exact resume after a kill at any moment (``--resume``, ``--recovery-interval``),
-per-epoch summary lines and CSV / JSON metric logs.
+(``--prog-res``, docs/design.md §5), exact resume after a kill at any moment (``--resume``, ``--recovery-interval``)
+with a per-flag policy for what a resumed run may change (``RESUME_MAY_CHANGE``), refusal to write a new run
+over an old one (``--overwrite``), per-epoch summary lines and CSV / JSON metric logs.
 
 Launch: ``s4nd-train --dataset cifar10 --data-dir DIR --model ...``; multi-GPU / multi-node:
 ``torchrun --nproc_per_node=8 -m s4nd_timm.train.train ...`` (see train/README.md).

@@ -114,8 +114,16 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     args.model_kwargs = args.model_kwargs or {}
     check_in_chans(args.dataset, args.in_chans)
     is_video = kind == 'hmdb51' or (kind == 'synthetic' and args.num_frames is not None)
+    found = dataset_num_classes(args.dataset, args.data_dir, args.split, args.hmdb_split, args.num_classes)
     if args.num_classes is None:
-        args.num_classes = dataset_num_classes(args.dataset, args.data_dir, args.split, args.hmdb_split)
+        args.num_classes = found
+    elif found is not None and found != args.num_classes:
+        if found > args.num_classes:
+            raise ValueError(f'{args.dataset}/{args.split} has {found} classes but the model has {args.num_classes} '
+                             'outputs; evaluate it on the dataset it was trained for (or pass --num-classes)')
+        _logger.warning(f'{args.dataset}/{args.split} has {found} classes, the model {args.num_classes} outputs: '
+                        'labels are the indices of the sorted class folders of this split, so a missing class '
+                        'folder shifts them')
     args.img_size = resolve_img_size(args.model, args.img_size, args.model_kwargs)
     model = build_model(args.model, num_classes=args.num_classes, pretrained=args.pretrained and not args.checkpoint,
                         model_kwargs=args.model_kwargs, img_size=args.img_size, num_frames=args.num_frames,
