@@ -74,6 +74,17 @@ def test_cifar_pickle_payload_refused_before_it_runs(tmp_path, name):
     assert not marker.exists()
 
 
+def test_cifar_batch_with_numpy1_module_paths_loads(tmp_path):
+    """The released batches name numpy.core.multiarray (numpy 1); the restricted unpickler admits it."""
+    make_cifar10(str(tmp_path), per_batch=2, test_size=2)
+    path = tmp_path / 'cifar-10-batches-py' / 'test_batch'
+    data = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+    blob = pickle.dumps({'data': data, 'labels': [4, 9], 'batch_label': 'testing batch 1 of 1'}, protocol=2)
+    path.write_bytes(blob.replace(b'numpy._core.multiarray', b'numpy.core.multiarray'))
+    test = CIFAR10Batches(str(tmp_path), 'test')
+    assert test.targets == [4, 9] and np.array_equal(test.data[1].transpose(2, 0, 1).reshape(-1), data[1])
+
+
 def test_cifar_label_out_of_range(tmp_path):
     make_cifar10(str(tmp_path), per_batch=2, test_size=2)
     path = tmp_path / 'cifar-10-batches-py' / 'data_batch_3'
