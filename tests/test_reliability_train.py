@@ -290,6 +290,7 @@ def test_train_flag_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, mes
 @pytest.mark.parametrize('argv, message', [
     (['--model-kwargs', 'foo=1'], 's4nd_iso_cifar_small does not take the given arguments'),
     (['--initial-checkpoint', 'nowhere.pth'], "--initial-checkpoint 'nowhere.pth' not found"),
+    (['--in-chans', '1', '--mean', '0.5', '0.5', '0.5'], '--mean has 3 values but the input has 1 channel(s)'),
     pytest.param(['--device', 'cuda'], '--device cuda: CUDA is not available',
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA present')),
 ])
@@ -322,6 +323,11 @@ def test_unwritable_outputs_refused_at_start(tmp_path, monkeypatch, capsys):
     code, err = _cli(monkeypatch, capsys, validate_mod, ['--dataset', 'synthetic', '--pretrained', '--model',
                                                          's4nd_iso_cifar_small', '--results-file', str(tmp_path)])
     assert code == 2 and f"--results-file {str(tmp_path)!r} is a folder; expected a file name" in err
+
+
+def test_in_chans_1_on_synthetic_trains(tmp_path):
+    out = _train(tmp_path, '--in-chans', '1', '--epochs', '1')  # the model's RGB mean / std averaged to 1 channel
+    assert torch.isfinite(torch.tensor(out['history'][0]['train_loss']))
 
 
 def test_synthetic_zero_samples_refused():

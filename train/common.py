@@ -19,7 +19,7 @@ from s4nd_timm._io import safe_torch_load
 from .data import check_image_folder, dataset_kind
 
 __all__ = ['ArgumentParser', 'ModelKwargs', 'resolve_device', 'amp_autocast', 'dataset_num_classes', 'check_in_chans',
-           'resolve_img_size', 'build_model', 'read_checkpoint', 'load_weights', 'eval_data_config',
+           'resolve_img_size', 'build_model', 'read_checkpoint', 'load_weights', 'model_data_config',
            'set_channels_last', 'check_positive', 'check_writable']
 
 RGB_DATASETS = ('imagenet', 'cifar10', 'hmdb51')
@@ -178,13 +178,26 @@ def load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], path: st
             from None
 
 
-def eval_data_config(model: nn.Module, dataset: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
-    """timm's ``resolve_data_config`` for ``model`` with flag ``overrides``; for cifar10 / synthetic (small,
-    centred images) the evaluation crop is off unless ``crop_pct`` is given."""
+def model_data_config(model: nn.Module, dataset: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """timm's ``resolve_data_config`` for ``model`` with flag ``overrides`` (--img-size, --in-chans, --mean,
+    ...). For cifar10 / synthetic (small, centred images) the evaluation crop is off unless ``crop_pct`` is
+    given. Per-channel mean / std of the model's cfg are averaged to the input's channel count when it differs
+    (e.g. ``--in-chans 1``); given as flags they must match it."""
     from timm.data import resolve_data_config
+    input_size = overrides.get('input_size')
+    chans = input_size[0] if input_size else overrides.get('in_chans') or model.pretrained_cfg['input_size'][0]
+    for key in ('mean', 'std'):
+        given = overrides.get(key)
+        if given is not None and len(given) not in (1, chans):
+            raise ValueError(f"--{key} has {len(given)} values but the input has {chans} channel(s); pass "
+                             f"{chans} (or one for every channel)")
     config = resolve_data_config(overrides, model=model, verbose=False)
     if dataset_kind(dataset) in ('cifar10', 'synthetic') and overrides.get('crop_pct') is None:
         config['crop_pct'] = 1.0
+    for key in ('mean', 'std'):
+        values = tuple(config[key])
+        if len(values) != config['input_size'][0]:  # the model's cfg stats for another channel count
+            config[key] = (sum(values) / len(values),) * config['input_size'][0]
     return config
 
 

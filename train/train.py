@@ -37,7 +37,7 @@ from .common import (
     check_positive,
     check_writable,
     dataset_num_classes,
-    eval_data_config,
+    model_data_config,
     resolve_device,
     resolve_img_size,
     set_channels_last,
@@ -394,7 +394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                         global_pool=args.gp, drop_rate=args.drop, drop_path_rate=args.drop_path)
     if args.is_video and args.num_frames is None:
         args.num_frames = getattr(model, 'num_frames', None) or 16
-    data_config = eval_data_config(model, args.dataset, vars(args))
+    data_config = model_data_config(model, args.dataset, vars(args))
     base_size = data_config['input_size'][-1]
     args.img_size, args.num_classes = base_size, num_classes  # resolved values, saved with the checkpoints
     stages = parse_prog_res(args.prog_res, args.epochs) or [(base_size, args.epochs)]

@@ -29,7 +29,7 @@ from .common import (
     check_positive,
     check_writable,
     dataset_num_classes,
-    eval_data_config,
+    model_data_config,
     load_weights,
     read_checkpoint,
     resolve_device,
@@ -135,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     model.to(device).eval()
     if args.channels_last:
         set_channels_last(model, is_video)
-    data_config = eval_data_config(model, args.dataset, vars(args))
+    data_config = model_data_config(model, args.dataset, vars(args))
     base = data_config['input_size'][-1]
     dataset = create_dataset(args.dataset, args.split, False, data_config, data_dir=args.data_dir, seed=args.seed,
                              num_classes=args.num_classes, num_samples=args.val_num_samples,
