@@ -302,11 +302,11 @@ def eval_transform(data_config: Dict) -> Callable:
         crop_mode=data_config.get('crop_mode'))
 
 
-def check_num_samples(num_samples: Optional[int], what: str = 'num_samples') -> None:
+def check_num_samples(num_samples: Optional[int]) -> None:
     """ValueError unless ``num_samples`` is None (the default size) or a positive count."""
     if num_samples is not None and num_samples < 1:
-        raise ValueError(f"{what} {num_samples}: expected a positive number of samples (leave it out for the "
-                         "default size)")
+        raise ValueError(f"num_samples {num_samples} (--train-num-samples / --val-num-samples / --num-samples): "
+                         "expected a positive number of samples; leave the flag out for the default size")
 
 
 def create_dataset(name: str, split: str, is_training: bool, data_config: Dict, *, data_dir: Optional[str] = None,
