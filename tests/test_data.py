@@ -1,5 +1,4 @@
 """Dataset readers on fixtures written in the real formats (tests/_fixtures.py), their errors, the samplers."""
-import argparse
 import os
 import random
 
@@ -21,16 +20,6 @@ from s4nd_timm.train.synthetic import SyntheticShapes
 
 DATA_CONFIG = {'input_size': (3, 16, 16), 'interpolation': 'bilinear', 'mean': (0.5, 0.5, 0.5),
                'std': (0.5, 0.5, 0.5), 'crop_pct': 1.0, 'crop_mode': 'center'}
-
-
-def _args(**kw):
-    """The flags create_dataset reads (train-transform flags included), with test defaults."""
-    base = dict(dataset='imagenet', data_dir=None, seed=0, num_classes=None, train_num_samples=None,
-                val_num_samples=None, num_frames=None, clip_duration=2.0, frame_stride=None, hmdb_split=1,
-                no_aug=False, scale=None, ratio=None, hflip=0.5, vflip=0.0, color_jitter=0.4, aa=None,
-                train_interpolation='random', reprob=0.0, remode='pixel', recount=1, crop_pad=0, train_crop_mode=None)
-    base.update(kw)
-    return argparse.Namespace(**base)
 
 
 @pytest.fixture(scope='module')
@@ -77,12 +66,12 @@ def test_synthetic_classes_clips_and_errors():
 
 def test_image_folder_reader(tmp_path):
     root = make_image_folder(str(tmp_path), num_classes=3, per_class=4)
-    train = create_dataset(_args(data_dir=root), 'train', True, DATA_CONFIG)
-    val = create_dataset(_args(data_dir=root), 'val', False, DATA_CONFIG)
+    train = create_dataset('imagenet', 'train', True, DATA_CONFIG, data_dir=root)
+    val = create_dataset('imagenet', 'val', False, DATA_CONFIG, data_dir=root)
     assert len(train) == 12 and len(val) == 6
     assert dataset_classes(train) == dataset_classes(val) == [f'n{c:08d}' for c in range(3)]
-    x, y = val[5]
-    assert x.shape == (3, 16, 16) and y == 2
+    x, y, failures = val[5]
+    assert x.shape == (3, 16, 16) and y == 2 and failures == []
     assert sorted({train[i][1] for i in range(len(train))}) == [0, 1, 2]
 
 
@@ -96,7 +85,7 @@ def test_image_folder_errors(tmp_path):
     with open(os.path.join(root, 'train', 'n_empty_class', 'notes.txt'), 'w') as fh:
         fh.write('not an image')
     with pytest.raises(ValueError, match=r"1 class folder\(s\) .* contain no images .*n_empty_class"):
-        create_dataset(_args(data_dir=root), 'train', True, DATA_CONFIG)
+        create_dataset('imagenet', 'train', True, DATA_CONFIG, data_dir=root)
     os.makedirs(str(tmp_path / 'flat' / 'train'))
     with pytest.raises(ValueError, match='has no class folders'):
         check_image_folder(str(tmp_path / 'flat'), 'train')
@@ -113,8 +102,8 @@ def test_cifar10_reader_exact_pixels(tmp_path):
     assert np.array_equal(np.asarray(img), written['data_batch_2'][3]) and label == written['data_batch_2_labels'][3]
     img, label = test[5]
     assert np.array_equal(np.asarray(img), written['test_batch'][5]) and label == written['test_batch_labels'][5]
-    x, _ = create_dataset(_args(dataset='cifar10', data_dir=str(tmp_path), crop_pad=4), 'train', True,
-                          dict(DATA_CONFIG, input_size=(3, 32, 32)))[0]
+    x, _ = create_dataset('cifar10', 'train', True, dict(DATA_CONFIG, input_size=(3, 32, 32)), data_dir=str(tmp_path),
+                          augment=dict(crop_pad=4))[0]
     assert x.shape == (3, 32, 32)
 
 

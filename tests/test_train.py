@@ -1,6 +1,5 @@
 """s4nd-train / s4nd-validate: SSM parameter groups, one tiny epoch per dataset, kill -9 and resume,
 torchrun with two CPU ranks, resolution schedule, clear errors. Tiny S4ND configs, CPU."""
-import argparse
 import os
 import signal
 import socket
@@ -19,6 +18,7 @@ from s4nd_timm.train.train import parse_prog_res
 from s4nd_timm.train.validate import main as validate_main
 
 from s4nd_timm import S4ND
+from s4nd_timm._io import safe_torch_load
 
 CONVNEXT_2D = ['--model', 's4nd_convnext_micro', '--model-kwargs', 'depths=(1,1,1,1)', 'dims=(8,16,16,16)',
                'd_state=4', '--img-size', '32']
@@ -34,8 +34,7 @@ def _train(tmp_path, *argv, name='run'):
 
 
 def _checkpoint_state(path):
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location='cpu', weights_only=True)
+    return safe_torch_load(path)
 
 
 def _assert_checkpoint_loads(run_dir, model_name, num_classes, **model_kwargs):
@@ -59,8 +58,7 @@ def test_ssm_param_groups_own_lr_and_no_weight_decay():
             self.head = nn.Linear(8, 3)
 
     model = Tiny()
-    args = argparse.Namespace(opt='adamw', lr=0.01, weight_decay=0.05, momentum=0.9, opt_eps=None, opt_betas=None)
-    opt = create_optimizer(model, args)
+    opt = create_optimizer(model, opt='adamw', lr=0.01, weight_decay=0.05, momentum=0.9)
     group_of = {id(p): g for g in opt.param_groups for p in g['params']}
     assert len(group_of) == sum(len(g['params']) for g in opt.param_groups) == len(list(model.parameters()))
     for layer, lr in ((model.mix, 1e-3), (model.mix_global_lr, 0.01)):
@@ -75,8 +73,7 @@ def test_ssm_param_groups_own_lr_and_no_weight_decay():
 
 def test_ssm_param_groups_on_s4nd_model():
     model = timm.create_model('s4nd_iso_cifar_small', d_model=16, depth=2, d_state=4)
-    args = argparse.Namespace(opt='adamw', lr=0.01, weight_decay=0.05, momentum=0.9, opt_eps=None, opt_betas=None)
-    opt = create_optimizer(model, args)
+    opt = create_optimizer(model, opt='adamw', lr=0.01, weight_decay=0.05, momentum=0.9)
     hinted = [p for p in model.parameters() if hasattr(p, '_optim')]
     assert hinted
     for g in opt.param_groups:

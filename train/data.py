@@ -7,7 +7,9 @@ Datasets (``--dataset``), each read from its released on-disk format, never down
     synthetic  no files, procedurally rendered (``synthetic.py``)
     torch/..., hfds/...   timm's other map-style sources, passed to ``timm.data.create_dataset``
 Image transforms are timm's (``create_transform`` from ``resolve_data_config``); video transforms are
-pytorchvideo's (``video.py``).
+pytorchvideo's (``video.py``). CIFAR batches go through a restricted unpickler (nothing but plain values and
+numpy arrays is built, so a crafted file cannot run code); an ImageNet image or HMDB-51 video that cannot be
+read is skipped, named and counted (``load_or_skip``), never silently replaced.
 
 Loaders are plain ``DataLoader``s over an ``EpochSampler`` rather than timm's ``create_loader``, which
 cannot start an epoch part-way: the sampler gives a deterministic per-epoch order sharded over ranks and can
@@ -20,15 +22,17 @@ import math
 import os
 import pickle
 import random
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate
 
 __all__ = [
-    'DATASETS', 'dataset_kind', 'default_splits', 'check_image_folder', 'CIFAR10Batches', 'create_dataset',
+    'DATASETS', 'dataset_kind', 'default_splits', 'check_image_folder', 'CIFAR10Batches', 'ImageFolderItems',
+    'load_or_skip', 'collate_with_failures', 'check_num_samples', 'create_dataset', 'dataset_classes',
     'train_transform', 'eval_transform', 'EpochSampler', 'SeededDataset', 'create_loader',
 ]
 
@@ -41,6 +45,8 @@ _SPLITS = {'imagenet': ('train', 'val'), 'cifar10': ('train', 'test'), 'hmdb51':
 CIFAR_FOLDER = 'cifar-10-batches-py'
 CIFAR_TRAIN = tuple(f'data_batch_{i}' for i in range(1, 6))
 CIFAR_TEST = ('test_batch',)
+CIFAR_CLASSES = 10
+MAX_LOAD_TRIES = 10
 _MASK64 = (1 << 64) - 1
 
 
@@ -99,14 +105,64 @@ def _has_image(folder: str, exts: Tuple[str, ...]) -> bool:
     return False
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what a CIFAR batch holds: dicts, lists, str / bytes / numbers and numpy arrays / dtypes
+    (through numpy's own reconstruct functions). Any other global is refused before it is created or
+    called, so a crafted batch cannot run code."""
+
+    def __init__(self, fh, path: str):
+        super().__init__(fh, encoding='latin1')
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        allowed = _cifar_globals()
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(
+                f"{self.path}: refused to unpickle {module}.{name}: a CIFAR-10 batch holds only dicts, lists, "
+                "strings, numbers and numpy arrays. The file is not the released cifar-10-python.tar.gz; "
+                "re-extract it from a trusted copy.")
+        return allowed[(module, name)]
+
+
+def _cifar_globals() -> Dict[Tuple[str, str], object]:
+    """(module, name) -> object for every global a numpy array pickle names (numpy 1 and 2 module paths)."""
+    import codecs
+    multiarray = getattr(np, '_core', None) or np.core
+    reconstruct, scalar = multiarray.multiarray._reconstruct, multiarray.multiarray.scalar
+    out = {('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype, ('_codecs', 'encode'): codecs.encode}
+    for mod in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        out[(mod, '_reconstruct')], out[(mod, 'scalar')] = reconstruct, scalar
+    return out
+
+
+def _load_pickle(path: str) -> Dict[str, object]:
+    """A CIFAR pickle (written by Python 2 or 3) with str keys, read with ``_CifarUnpickler``."""
+    try:
+        with open(path, 'rb') as fh:
+            obj = _CifarUnpickler(fh, path).load()
+    except pickle.UnpicklingError as e:
+        if str(e).startswith(path):
+            raise ValueError(str(e)) from None
+        raise ValueError(f"{path} is not a readable CIFAR pickle ({e}); re-extract cifar-10-python.tar.gz") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise ValueError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: {e}); re-extract "
+                         "cifar-10-python.tar.gz") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}; expected a CIFAR batch dict")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
 class CIFAR10Batches(Dataset):
     """CIFAR-10 from torchvision's python batches (the released cifar-10-python.tar.gz, extracted).
+
+    The batches are read with a restricted unpickler (``_CifarUnpickler``): a file holding anything but
+    plain values and numpy arrays is refused, naming the file, before any of it is built.
 
     Args:
         root: the folder holding cifar-10-batches-py/, or that folder itself.
         split: 'train' (data_batch_1..5) or 'test' (test_batch).
         transform: callable on a PIL image (timm's create_transform).
-    Returns (per item): transform(PIL RGB 32x32 image), label int.
+    Returns (per item): transform(PIL RGB 32x32 image), label int in 0..9.
     """
 
     def __init__(self, root: Optional[str], split: str = 'train', transform: Optional[Callable] = None):
@@ -122,22 +178,29 @@ class CIFAR10Batches(Dataset):
             expected = f"{CIFAR_FOLDER}/{{{','.join(CIFAR_TRAIN + CIFAR_TEST)}}}"
             raise ValueError(f"CIFAR-10 batch file(s) {missing} not found in {folder!r}. Expected torchvision's "
                              f"format {expected} (the extracted cifar-10-python.tar.gz).")
+        meta_path = os.path.join(folder, 'batches.meta')
+        meta = _load_pickle(meta_path) if os.path.isfile(meta_path) else {}
+        self.classes = [str(c) for c in meta.get('label_names', [])] or [str(i) for i in range(CIFAR_CLASSES)]
         data, labels = [], []
         for n in names:
-            batch = _load_pickle(os.path.join(folder, n))
+            path = os.path.join(folder, n)
+            batch = _load_pickle(path)
             if 'data' not in batch or not ('labels' in batch or 'fine_labels' in batch):
-                raise ValueError(f"{os.path.join(folder, n)} is not a CIFAR-10 batch (keys {sorted(batch)}; expected "
-                                 "'data' and 'labels').")
+                raise ValueError(f"{path} is not a CIFAR-10 batch (keys {sorted(batch)}; expected 'data' and "
+                                 "'labels').")
             arr = np.asarray(batch['data'], dtype=np.uint8)
             if arr.ndim != 2 or arr.shape[1] != 3072:
-                raise ValueError(f"{os.path.join(folder, n)}: 'data' has shape {arr.shape}; expected (N, 3072) rows")
+                raise ValueError(f"{path}: 'data' has shape {arr.shape}; expected (N, 3072) rows")
+            batch_labels = [int(v) for v in batch.get('labels', batch.get('fine_labels'))]
+            bad = [v for v in batch_labels if not 0 <= v < CIFAR_CLASSES]
+            if bad or len(batch_labels) != arr.shape[0]:
+                raise ValueError(f"{path}: {len(batch_labels)} labels for {arr.shape[0]} images"
+                                 + (f", {len(bad)} outside 0..{CIFAR_CLASSES - 1} (e.g. {bad[0]})" if bad else '')
+                                 + "; expected one label in 0..9 per image. Re-extract cifar-10-python.tar.gz.")
             data.append(arr.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            labels.extend(int(v) for v in batch.get('labels', batch.get('fine_labels')))
+            labels.extend(batch_labels)
         self.data = np.concatenate(data)
         self.targets = labels
-        meta_path = os.path.join(folder, 'batches.meta')
-        self.classes = (list(_load_pickle(meta_path).get('label_names', [])) if os.path.isfile(meta_path) else []) or \
-            [str(i) for i in range(10)]
         self.transform = transform
 
     def __len__(self) -> int:
@@ -148,35 +211,85 @@ class CIFAR10Batches(Dataset):
         return (self.transform(img) if self.transform is not None else img), self.targets[index]
 
 
-def _load_pickle(path: str) -> Dict[str, object]:
-    """A CIFAR pickle (written by Python 2 or 3) with str keys."""
-    try:
-        with open(path, 'rb') as fh:
-            obj = pickle.load(fh, encoding='latin1')
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable CIFAR pickle ({e}); re-extract cifar-10-python.tar.gz") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a {type(obj).__name__}; expected a CIFAR batch dict")
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+def load_or_skip(load: Callable[[int], Tuple[object, int]], index: int, length: int, is_training: bool,
+                 describe: Callable[[int], str]) -> Tuple[object, int, List[str]]:
+    """``load(index)`` for a dataset whose files may be unreadable: item -> (x, label, failures).
+
+    An item that fails to load is never fatal and never silent: training takes the next readable item in its
+    place (up to MAX_LOAD_TRIES, so the batch keeps its size), evaluation returns x = None (the collate drops
+    it); each failure is returned as '<describe(i)>: <reason>' for the loops to warn about and count.
+    """
+    failures = []
+    for attempt in range(min(MAX_LOAD_TRIES, length) if is_training else 1):
+        i = (index + attempt) % length
+        try:
+            x, label = load(i)
+            return x, label, failures
+        except Exception as e:  # any reading / decoding problem: record it, never stop the epoch
+            failures.append(f"{describe(i)}: {type(e).__name__}: {e}")
+    if is_training:
+        raise RuntimeError(f"{len(failures)} consecutive items failed to load from index {index}: {failures}. "
+                           "Check the files.")
+    return None, -1, failures
 
 
-def train_transform(args, data_config: Dict) -> Callable:
-    """timm training transform for PIL images from the train flags; ``--crop-pad N`` swaps timm's random
-    resized crop for the CIFAR crop (pad N symmetric, random crop back) and keeps timm's other stages."""
+def collate_with_failures(batch: Sequence[tuple]) -> Tuple[Tensor, Tensor, List[str]]:
+    """Items (x or None, label, failures) -> (stacked x, labels, all failures), items with x None dropped."""
+    failures = [f for item in batch for f in item[2]]
+    kept = [(x, y) for x, y, _ in batch if x is not None]
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), failures
+    x, y = default_collate(kept)
+    return x, y, failures
+
+
+class ImageFolderItems(Dataset):
+    """Class-folder images (timm's folder reader) whose unreadable files are skipped, named and counted.
+
+    Item i -> (transform(RGB image), label, failures) through ``load_or_skip``; ``collate_fn`` is
+    ``collate_with_failures`` (``create_loader`` uses it).
+    """
+    collate_fn = staticmethod(collate_with_failures)
+
+    def __init__(self, reader, transform: Optional[Callable], is_training: bool):
+        self.reader, self.transform, self.is_training = reader, transform, is_training
+        self.classes = [c for c, _ in sorted(reader.class_to_idx.items(), key=lambda kv: kv[1])]
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def _load(self, index: int):
+        fh, label = self.reader[index]
+        with fh:
+            img = Image.open(fh).convert('RGB')  # convert decodes every pixel: a truncated file fails here
+        return (self.transform(img) if self.transform is not None else img), label
+
+    def __getitem__(self, index: int):
+        return load_or_skip(self._load, index, len(self), self.is_training,
+                            lambda i: 'image ' + self.reader.filename(i, absolute=True))
+
+
+def train_transform(data_config: Dict, *, no_aug: bool = False, scale: Optional[Sequence[float]] = None,
+                    ratio: Optional[Sequence[float]] = None, hflip: float = 0.5, vflip: float = 0.,
+                    color_jitter: float = 0.4, auto_augment: Optional[str] = None, interpolation: str = 'random',
+                    re_prob: float = 0., re_mode: str = 'pixel', re_count: int = 1, crop_pad: int = 0,
+                    crop_mode: Optional[str] = None) -> Callable:
+    """timm training transform for PIL images (arguments as ``timm.data.create_transform``'s); ``crop_pad=N``
+    swaps timm's random resized crop for the CIFAR crop (pad N symmetric, random crop back) and keeps timm's
+    other stages."""
     from timm.data import create_transform
     from torchvision import transforms
     kwargs = dict(
-        input_size=data_config['input_size'], is_training=True, no_aug=args.no_aug, scale=args.scale,
-        ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
-        auto_augment=args.aa, interpolation=args.train_interpolation, mean=data_config['mean'],
-        std=data_config['std'], re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
-    if not args.crop_pad or args.no_aug:
-        return create_transform(train_crop_mode=args.train_crop_mode, **kwargs)
+        input_size=data_config['input_size'], is_training=True, no_aug=no_aug, scale=scale, ratio=ratio,
+        hflip=hflip, vflip=vflip, color_jitter=color_jitter, auto_augment=auto_augment, interpolation=interpolation,
+        mean=data_config['mean'], std=data_config['std'], re_prob=re_prob, re_mode=re_mode, re_count=re_count)
+    if not crop_pad or no_aug:
+        return create_transform(train_crop_mode=crop_mode, **kwargs)
     _, secondary, final = create_transform(separate=True, **kwargs)
     size = data_config['input_size'][-2:]
-    primary = [transforms.RandomCrop(size, padding=args.crop_pad, padding_mode='symmetric')]
-    primary += [transforms.RandomHorizontalFlip(args.hflip)] if args.hflip > 0 else []
-    primary += [transforms.RandomVerticalFlip(args.vflip)] if args.vflip > 0 else []
+    primary = [transforms.RandomCrop(size, padding=crop_pad, padding_mode='symmetric')]
+    primary += [transforms.RandomHorizontalFlip(hflip)] if hflip > 0 else []
+    primary += [transforms.RandomVerticalFlip(vflip)] if vflip > 0 else []
     return transforms.Compose(primary + list(secondary.transforms) + list(final.transforms))
 
 
@@ -189,45 +302,62 @@ def eval_transform(data_config: Dict) -> Callable:
         crop_mode=data_config.get('crop_mode'))
 
 
-def create_dataset(args, split: str, is_training: bool, data_config: Dict, class_map: Optional[Dict] = None):
-    """The dataset ``args.dataset`` for ``split`` with its transform.
+def check_num_samples(num_samples: Optional[int]) -> None:
+    """ValueError unless ``num_samples`` is None (the default size) or a positive count."""
+    if num_samples is not None and num_samples < 1:
+        raise ValueError(f"num_samples {num_samples} (--train-num-samples / --val-num-samples / --num-samples): "
+                         "expected a positive number of samples; leave the flag out for the default size")
 
-    ``args`` fields used: dataset, data_dir, seed, num_classes (synthetic), train/val_num_samples (synthetic),
-    num_frames / clip_duration / frame_stride / hmdb_split (hmdb51; num_frames also makes synthetic clips),
-    and the train-transform flags when ``is_training``.
-    Returns a map-style dataset whose items are (x, label) or, for hmdb51, (x, label, failures).
+
+def create_dataset(name: str, split: str, is_training: bool, data_config: Dict, *, data_dir: Optional[str] = None,
+                   seed: int = 0, num_classes: Optional[int] = None, num_samples: Optional[int] = None,
+                   num_frames: Optional[int] = None, clip_duration: float = 2.0, frame_stride: Optional[int] = None,
+                   hmdb_split: int = 1, augment: Optional[Dict] = None, class_map: Optional[Dict] = None,
+                   download: bool = False):
+    """The dataset ``name`` (a --dataset value) for ``split`` with its transform.
+
+    Args:
+        data_config: timm's resolved data config (input_size, mean, std, interpolation, crop_pct).
+        num_classes, num_samples: synthetic only (defaults 10 classes, 5000 train / 1000 eval samples).
+        num_frames: hmdb51 frames per clip (default 16); with synthetic, renders clips.
+        clip_duration, frame_stride, hmdb_split: hmdb51 clip length (s), temporal stride, fold.
+        augment: ``train_transform`` keyword arguments when ``is_training`` (None: its defaults);
+            hmdb51 reads its auto_augment and hflip.
+        class_map: imagenet class name -> index (so evaluation uses the training set's indices).
+        download: timm sources only.
+    Returns a map-style dataset whose items are (x, label) or, for hmdb51 and imagenet folders,
+    (x, label, failures) with a ``collate_fn`` attribute that drops unreadable items.
     """
-    kind = dataset_kind(args.dataset)
-    img_size = data_config['input_size'][-1]
+    kind = dataset_kind(name)
+    augment = dict(augment or {}) if is_training else {}
     if kind == 'synthetic':
         from torchvision.transforms import Normalize
 
         from .synthetic import SyntheticShapes
-        n = args.train_num_samples if is_training else args.val_num_samples
+        check_num_samples(num_samples)
         return SyntheticShapes(
-            n or (5000 if is_training else 1000), data_config['input_size'][-2:], num_classes=args.num_classes or 10,
-            seed=args.seed, split=split, in_chans=data_config['input_size'][0], num_frames=args.num_frames,
-            transform=Normalize(data_config['mean'], data_config['std']))
+            num_samples or (5000 if is_training else 1000), data_config['input_size'][-2:],
+            num_classes=num_classes or 10, seed=seed, split=split, in_chans=data_config['input_size'][0],
+            num_frames=num_frames, transform=Normalize(data_config['mean'], data_config['std']))
     if kind == 'hmdb51':
         from .video import HMDB51
-        return HMDB51(args.data_dir, split=split, split_id=args.hmdb_split, num_frames=args.num_frames or 16,
-                      clip_duration=args.clip_duration, frame_stride=args.frame_stride, img_size=img_size,
-                      is_training=is_training, auto_augment=getattr(args, 'aa', None),
-                      hflip=getattr(args, 'hflip', 0.5))
-    transform = train_transform(args, data_config) if is_training else eval_transform(data_config)
+        return HMDB51(data_dir, split=split, split_id=hmdb_split, num_frames=num_frames or 16,
+                      clip_duration=clip_duration, frame_stride=frame_stride, img_size=data_config['input_size'][-1],
+                      is_training=is_training, auto_augment=augment.get('auto_augment'),
+                      hflip=augment.get('hflip', 0.5))
+    transform = train_transform(data_config, **augment) if is_training else eval_transform(data_config)
     if kind == 'cifar10':
-        return CIFAR10Batches(args.data_dir, split, transform)
+        return CIFAR10Batches(data_dir, split, transform)
     from timm.data import create_dataset as timm_create_dataset
     if kind == 'imagenet':
-        check_image_folder(args.data_dir, split)
-        ds = timm_create_dataset('', root=args.data_dir, split=split, search_split=True, class_map=class_map,
+        check_image_folder(data_dir, split)
+        ds = timm_create_dataset('', root=data_dir, split=split, search_split=True, class_map=class_map,
                                  is_training=is_training)
-    else:
-        ds = timm_create_dataset(args.dataset, root=args.data_dir, split=split, is_training=is_training,
-                                 download=getattr(args, 'dataset_download', False))
-        if isinstance(ds, IterableDataset):
-            raise ValueError(f"--dataset {args.dataset!r} is an iterable source; s4nd-train needs a map-style dataset "
-                             "(random access, for resumable sharded sampling): use a folder, torch/ or hfds/ source.")
+        return ImageFolderItems(ds.reader, transform, is_training)
+    ds = timm_create_dataset(name, root=data_dir, split=split, is_training=is_training, download=download)
+    if isinstance(ds, IterableDataset):
+        raise ValueError(f"--dataset {name!r} is an iterable source; s4nd-train needs a map-style dataset "
+                         "(random access, for resumable sharded sampling): use a folder, torch/ or hfds/ source.")
     ds.transform = transform
     return ds
 
@@ -328,7 +458,8 @@ def create_loader(dataset: Dataset, batch_size: int, is_training: bool, seed: in
 
     Training: shuffled, padded to equal per-rank length, last partial batch dropped (ranks stay in lockstep).
     Evaluation: in order, each sample on exactly one rank, all batches kept.
-    Call ``loader.sampler.set_epoch(epoch, start)`` before iterating. The loader has its own generator, so
+    ``collate_fn`` defaults to the dataset's own (``dataset.collate_fn``: the ones that drop unreadable items),
+    else torch's default. Call ``loader.sampler.set_epoch(epoch, start)`` before iterating. The loader has its own generator, so
     starting an iteration never draws from the global torch RNG (a resumed run's RNG stream stays aligned).
     """
     sampler = EpochSampler(len(dataset), shuffle=is_training, seed=seed, rank=rank, world_size=world_size,
@@ -338,5 +469,5 @@ def create_loader(dataset: Dataset, batch_size: int, is_training: bool, seed: in
                          f"than one batch of {batch_size}. Lower -b/--batch-size or use more data.")
     return DataLoader(
         SeededDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        collate_fn=collate_fn or default_collate, pin_memory=pin_memory, drop_last=is_training,
+        collate_fn=collate_fn or getattr(dataset, 'collate_fn', None) or default_collate, pin_memory=pin_memory, drop_last=is_training,
         persistent_workers=False, generator=torch.Generator().manual_seed(seed))

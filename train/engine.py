@@ -2,7 +2,7 @@
 
 Loop structure as timm's ``train.py`` (``train_one_epoch`` / ``validate``): gradient accumulation with DDP ``no_sync``, AMP through timm's
 ``NativeScaler``, EMA, per-update scheduler steps, a callback after every optimizer step (recovery
-checkpoints), skipped-video accounting, sums reduced over ranks once per epoch.
+checkpoints), accounting of unreadable items that were skipped, sums reduced over ranks once per epoch.
 
 Resolution (docs/design.md §5): a batch arrives at the base resolution; ``resize_for_rate`` resizes it to
 ``round(size / rate)`` (bilinear, antialiased) and ``forward_at_rate`` passes ``rate`` to models whose
@@ -11,8 +11,10 @@ Resolution (docs/design.md §5): a batch arrives at the base resolution; ``resiz
 import inspect
 import logging
 import math
+import os
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -59,15 +61,28 @@ def setup_console_logging(level: int = logging.INFO, to: str = 'stderr') -> None
 
 
 
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def run_cli(main: Callable[[], Any], prog: str) -> None:
-    """Console entry point around ``main()``: a user mistake (a ValueError, or pretrained weights that cannot be
-    loaded) prints one line ``<prog>: error: ...`` and exits with status 2, without a traceback."""
+    """Console entry point around ``main()``.
+
+    A user error (``USER_ERRORS``, or pretrained weights that cannot be loaded) prints one line
+    ``<prog>: error: <message>`` to stderr and exits with status 2, without a traceback; ``--debug`` on the
+    command line (taken out before ``main`` parses it) or ``S4ND_DEBUG=1`` shows the traceback as well.
+    Any other exception is a bug and keeps its traceback.
+    """
     from s4nd_timm.hub import PretrainedWeightsError
+    debug = os.environ.get('S4ND_DEBUG', '') not in ('', '0') or '--debug' in sys.argv[1:]
+    sys.argv[1:] = [a for a in sys.argv[1:] if a != '--debug']
     try:
         main()
-    except (ValueError, PretrainedWeightsError) as e:
+    except USER_ERRORS + (PretrainedWeightsError,) as e:
+        if debug:
+            traceback.print_exc()
         print(f'{prog}: error: {e}', file=sys.stderr)
         sys.exit(2)
+
 
 # --- resolution: the one place that knows how a rate reaches data and model -----------------------------
 
@@ -146,12 +161,20 @@ def train_one_epoch(
         loader,
         optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[Tensor, Tensor], Tensor],
-        args,
         *,
         device: torch.device,
         num_batches: int,
-        start_batch: int,
-        num_updates: int,
+        start_batch: int = 0,
+        num_updates: int = 0,
+        epochs: int = 1,
+        grad_accum_steps: int = 1,
+        clip_grad: Optional[float] = None,
+        clip_mode: str = 'norm',
+        channels_last: bool = False,
+        log_interval: int = 50,
+        distributed: bool = False,
+        world_size: int = 1,
+        primary: bool = True,
         rate: float = 1.0,
         pass_rate: bool = False,
         lr_scheduler=None,
@@ -171,15 +194,16 @@ def train_one_epoch(
         on_update: called as on_update(batches_done, num_updates, get_partial) after every optimizer step;
             get_partial() returns this rank's running sums {'loss_sum', 'samples', 'skipped', 'time'} (for a resume).
         partial: the running sums of this epoch's batches before start_batch (a resumed epoch), or None.
-        epochs_after: epochs left after this one (for the run ETA).
-        args fields: grad_accum_steps, clip_grad, clip_mode, channels_last, log_interval, epochs, world_size,
-            distributed.
+        epochs: the run's epoch count (progress lines); epochs_after: epochs left after this one (run ETA).
+        grad_accum_steps: batches per optimizer step; clip_grad / clip_mode: timm's gradient clipping.
+        log_interval: batches between progress lines (logged by the ``primary`` process only).
+        distributed / world_size: DDP (``model.no_sync`` between updates, sums reduced over ranks).
     Returns:
         {'loss': mean over the epoch (with ``partial``) and all ranks, 'samples', 'time', 'samples_per_sec',
          'skipped', 'num_updates'}.
     """
     model.train()
-    accum = args.grad_accum_steps
+    accum = grad_accum_steps
     full_groups = num_batches // accum
     partial = partial or {'loss_sum': 0.0, 'samples': 0, 'skipped': 0, 'time': 0.0}
     loss_sum = torch.tensor(partial['loss_sum'], dtype=torch.float64, device=device)  # on device: no sync per step
@@ -190,27 +214,27 @@ def train_one_epoch(
     for i, batch in enumerate(loader, start=start_batch):
         x, y, failures = _unpack(batch)
         for failure in failures:
-            _logger.warning(f'skipped unreadable video {failure}')
+            _logger.warning(f'skipped unreadable {failure}')
         skipped += len(failures)
         group = accum if i // accum < full_groups else num_batches - full_groups * accum
         need_update = (i + 1) % accum == 0 or i == num_batches - 1
-        x, y = _prepare(x, device, rate, args.channels_last), y.to(device, non_blocking=True)
+        x, y = _prepare(x, device, rate, channels_last), y.to(device, non_blocking=True)
         if mixup_fn is not None:
             x, y = mixup_fn(x, y)
-        sync = nullcontext() if need_update or not args.distributed else model.no_sync()
+        sync = nullcontext() if need_update or not distributed else model.no_sync()
         with sync:
             with amp_autocast():
                 output = forward_at_rate(model, x, rate, pass_rate)
                 loss = loss_fn(output, y)
             if loss_scaler is not None:
-                loss_scaler(loss / group, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                loss_scaler(loss / group, optimizer, clip_grad=clip_grad, clip_mode=clip_mode,
                             parameters=model.parameters(), need_update=need_update)
             else:
                 (loss / group).backward()
                 if need_update:
-                    if args.clip_grad is not None:
+                    if clip_grad is not None:
                         from timm.utils import dispatch_clip_grad
-                        dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
+                        dispatch_clip_grad(model.parameters(), clip_grad, mode=clip_mode)
                     optimizer.step()
         loss_sum += loss.detach().double() * x.shape[0]
         seen += x.shape[0]
@@ -224,26 +248,26 @@ def train_one_epoch(
                 lr_scheduler.step_update(num_updates=num_updates)
             if on_update is not None:
                 on_update(i + 1, num_updates, _partial_sums(loss_sum, seen, skipped, start))
-        if (i + 1) % args.log_interval == 0 or i == num_batches - 1:
+        if (i + 1) % log_interval == 0 or i == num_batches - 1:
             recent_loss = loss.item()
             if not math.isfinite(recent_loss):
                 raise RuntimeError(f'loss is {recent_loss} at epoch {epoch}, batch {i}: lower --lr, add --clip-grad, '
                                    'or check the data; then restart from the last good checkpoint with --resume.')
-            if args.primary:
+            if primary:
                 now = time.time()
                 batch_time = (now - last_log) / done_since_log
                 avg_time = (now - start) / (i + 1)
                 eta_epoch = avg_time * (num_batches - i - 1)
                 eta_run = eta_epoch + avg_time * num_batches * epochs_after
                 _logger.info(
-                    f'Train {epoch}/{args.epochs} [{i + 1:>{len(str(num_batches))}}/{num_batches} '
+                    f'Train {epoch}/{epochs} [{i + 1:>{len(str(num_batches))}}/{num_batches} '
                     f'{100 * (i + 1) / num_batches:3.0f}%] loss {recent_loss:.4f} ({loss_sum.item() / seen:.4f}) '
                     f'lr {optimizer.param_groups[0]["lr"]:.3e} '
-                    f'| {x.shape[0] * args.world_size / batch_time:.1f} samples/s '
+                    f'| {x.shape[0] * world_size / batch_time:.1f} samples/s '
                     f'| ETA epoch {format_seconds(eta_epoch)}, run {format_seconds(eta_run)}')
                 last_log, done_since_log = now, 0
     elapsed = time.time() - start
-    loss_total, seen, skipped = _all_reduce_sum([loss_sum.item(), seen, skipped], device, args.distributed)
+    loss_total, seen, skipped = _all_reduce_sum([loss_sum.item(), seen, skipped], device, distributed)
     return {'loss': loss_total / max(seen, 1), 'samples': int(seen), 'time': elapsed,
             'samples_per_sec': seen / max(elapsed, 1e-9), 'skipped': int(skipped), 'num_updates': num_updates}
 
@@ -263,7 +287,7 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, distributed: boo
     for batch in loader:
         x, y, failures = _unpack(batch)
         for failure in failures:
-            _logger.warning(f'skipped unreadable video {failure}')
+            _logger.warning(f'skipped unreadable {failure}')
         skipped += len(failures)
         if x.shape[0] == 0:
             continue

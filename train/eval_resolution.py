@@ -42,7 +42,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .checkpoint import atomic_write_text
+from s4nd_timm._io import atomic_write, atomic_write_text
+
+from .common import read_checkpoint
 from .data import check_image_folder, create_dataset, create_loader, dataset_kind, default_splits
 from .engine import evaluate, run_cli, setup_console_logging
 
@@ -91,23 +93,6 @@ def _unknown_model(name: str) -> ValueError:
                       f"S4ND models: {timm.list_models('s4nd_*')}; any timm name (timm.list_models()) works too.")
 
 
-def _read_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[argparse.Namespace]]:
-    """(state_dict, s4nd-train args or None) of a checkpoint file (weights only, loaded on the CPU)."""
-    from timm.models import clean_state_dict, load_state_dict
-    if path.endswith('.safetensors'):
-        return load_state_dict(path), None
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}; expected a state dict or a dict with "
-                         "'state_dict'")
-    args = ckpt.get('args') if isinstance(ckpt.get('args'), argparse.Namespace) else None
-    for key in ('state_dict', 'model'):
-        if isinstance(ckpt.get(key), dict):
-            return clean_state_dict(ckpt[key]), args
-    return clean_state_dict(ckpt), args
-
-
 def load_model(spec: str, model_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """Build and load one ``--model`` entry (forms in the module docstring), in eval mode on the CPU.
 
@@ -138,7 +123,7 @@ def load_model(spec: str, model_kwargs: Optional[Dict[str, Any]] = None) -> Tupl
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path!r} not found (--model {spec!r}); check the path, or give a Hub folder "
                          "or a registered model name.")
-    state_dict, train_args = _read_checkpoint(path)
+    state_dict, train_args = read_checkpoint(path)
     train_size = None
     if train_args is not None:
         name = name or getattr(train_args, 'model', None)
@@ -223,8 +208,8 @@ def check_resolutions(entries: Sequence[Dict[str, Any]], resolutions: Sequence[i
 
 # --- evaluation ----------------------------------------------------------------------------------------------
 
-def _dataset_args(args: argparse.Namespace, num_classes: int) -> argparse.Namespace:
-    """The fields ``data.create_dataset`` reads, for evaluation."""
+def _dataset_args(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
+    """``data.create_dataset`` keyword arguments, for evaluation."""
     kind = dataset_kind(args.dataset)
     if kind == 'synthetic' and not 1 <= num_classes <= SYNTHETIC_MAX_CLASSES:
         raise ValueError(f"the model has {num_classes} classes; the synthetic dataset has at most "
@@ -233,8 +218,7 @@ def _dataset_args(args: argparse.Namespace, num_classes: int) -> argparse.Namesp
         raise ValueError(f"--dataset {args.dataset!r}: s4nd-eval-resolution reads synthetic, cifar10 or imagenet")
     if kind != 'synthetic' and not args.data_dir:
         raise ValueError(f"--dataset {args.dataset} reads files: pass --data-dir")
-    return argparse.Namespace(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, num_classes=num_classes,
-                              train_num_samples=None, val_num_samples=args.num_samples, num_frames=None)
+    return dict(data_dir=args.data_dir, seed=args.seed, num_classes=num_classes, num_samples=args.num_samples)
 
 
 def _dataset_classes(args: argparse.Namespace, split: str) -> Optional[int]:
@@ -296,7 +280,8 @@ def evaluate_resolutions(
             row.update(mode=mode, top1={}, top5={}, loss={}, seconds={})
             for res in resolutions:
                 t0 = time.time()
-                ds = create_dataset(ds_args, split, False, dict(config, input_size=(config['input_size'][0], res, res)))
+                ds = create_dataset(data_args.dataset, split, False,
+                                    dict(config, input_size=(config['input_size'][0], res, res)), **ds_args)
                 loader = create_loader(ds, batch_size, False, data_args.seed, num_workers=workers)
                 metrics = evaluate(model, loader, device=device, distributed=False, log_prefix=entry['label'])
                 for key in ('top1', 'top5', 'loss'):
@@ -366,15 +351,10 @@ def plot_results(rows: Sequence[Dict[str, Any]], resolutions: Sequence[int], pat
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc='upper right', framealpha=0.9)
     fig.tight_layout()
-    tmp = f'{path}.tmp{os.getpid()}'
     try:
-        with open(tmp, 'wb') as fh:
-            fig.savefig(fh, format='png')
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: fig.savefig(fh, format='png'))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def machine_summary(device: torch.device) -> str:

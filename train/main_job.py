@@ -95,9 +95,8 @@ def render_train_set(model: nn.Module, num_samples: int, img_size: int, seed: in
     x (N, 3, img_size, img_size), y (N,)."""
     from timm.data import resolve_data_config
     config = resolve_data_config({}, model=model)
-    data_args = argparse.Namespace(dataset='synthetic', seed=seed, num_classes=NUM_CLASSES, num_frames=None,
-                                   train_num_samples=num_samples, val_num_samples=None)
-    ds = create_dataset(data_args, 'train', True, dict(config, input_size=(3, img_size, img_size)))
+    ds = create_dataset('synthetic', 'train', True, dict(config, input_size=(3, img_size, img_size)), seed=seed,
+                        num_classes=NUM_CLASSES, num_samples=num_samples)
     xs, ys = zip(*(ds[i] for i in range(len(ds))))
     return TensorDataset(torch.stack(xs), torch.tensor(ys))
 
@@ -118,14 +117,9 @@ def train_model(model: nn.Module, train_set: TensorDataset, stages: Sequence[Tup
     from timm.scheduler import create_scheduler_v2
     base = train_set.tensors[0].shape[-1]
     sizes = [size for size, n in stages for _ in range(n)]
-    opts = argparse.Namespace(
-        opt='adamw', lr=lr, weight_decay=weight_decay, momentum=0.9, opt_eps=None, opt_betas=None,
-        grad_accum_steps=1, clip_grad=None, clip_mode='norm', channels_last=False, epochs=len(sizes), world_size=1,
-        distributed=False, primary=True)
     model.to(device)
-    optimizer = create_optimizer(model, opts)
+    optimizer = create_optimizer(model, opt='adamw', lr=lr, weight_decay=weight_decay)
     loader = create_loader(train_set, batch_size, True, seed)
-    opts.log_interval = len(loader)  # one progress line per epoch
     scheduler, _ = create_scheduler_v2(optimizer, sched='cosine', num_epochs=len(sizes), warmup_epochs=warmup_epochs,
                                        warmup_lr=lr * 0.01, min_lr=lr * 0.01, updates_per_epoch=len(loader),
                                        step_on_epochs=False)
@@ -136,8 +130,9 @@ def train_model(model: nn.Module, train_set: TensorDataset, stages: Sequence[Tup
         if epoch == 0 or size != sizes[epoch - 1]:
             _logger.info(f'[{tag}] epochs {epoch + 1}-{epoch + sizes.count(size)} of {len(sizes)} at {size} px '
                          f'(rate {base / size:g}), {len(train_set)} images per epoch')
-        metrics = train_one_epoch(epoch, model, loader, optimizer, nn.CrossEntropyLoss(), opts, device=device,
-                                  num_batches=len(loader), start_batch=0, num_updates=num_updates,
+        metrics = train_one_epoch(epoch, model, loader, optimizer, nn.CrossEntropyLoss(), device=device,
+                                  num_batches=len(loader), num_updates=num_updates, epochs=len(sizes),
+                                  log_interval=len(loader),  # one progress line per epoch
                                   rate=base / size, pass_rate=pass_rate, lr_scheduler=scheduler,
                                   epochs_after=len(sizes) - epoch - 1)
         num_updates = metrics['num_updates']

@@ -8,7 +8,7 @@ does not scale it; timm's schedulers then scale every group's own initial lr by 
 other parameters follow timm's rule: no weight decay for biases, 1-D tensors and the model's
 ``no_weight_decay()`` names, ``weight_decay`` for the rest.
 """
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch.nn as nn
 
@@ -49,14 +49,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
     return [g for g in groups if g['params']]
 
 
-def create_optimizer(model: nn.Module, args):
-    """timm ``create_optimizer_v2`` over ``param_groups(model)`` with timm's optimizer flags
-    (--opt, --lr, --weight-decay, --momentum, --opt-eps, --opt-betas)."""
+def create_optimizer(model: nn.Module, *, opt: str = 'adamw', lr: float = 1e-3, weight_decay: float = 0.05,
+                     momentum: float = 0.9, eps: Optional[float] = None, betas: Optional[Sequence[float]] = None):
+    """timm ``create_optimizer_v2`` over ``param_groups(model, weight_decay)``; ``eps`` / ``betas`` are passed
+    only when given (else the optimizer's defaults)."""
     from timm.optim import create_optimizer_v2
     kwargs = {}
-    if args.opt_eps is not None:
-        kwargs['eps'] = args.opt_eps
-    if args.opt_betas is not None:
-        kwargs['betas'] = tuple(args.opt_betas)
-    return create_optimizer_v2(param_groups(model, args.weight_decay), opt=args.opt, lr=args.lr,
-                               weight_decay=args.weight_decay, momentum=args.momentum, **kwargs)
+    if eps is not None:
+        kwargs['eps'] = eps
+    if betas is not None:
+        kwargs['betas'] = tuple(betas)
+    return create_optimizer_v2(param_groups(model, weight_decay), opt=opt, lr=lr, weight_decay=weight_decay,
+                               momentum=momentum, **kwargs)

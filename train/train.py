@@ -4,47 +4,64 @@ Flow and flag names as timm's ``train.py``. Uses timm for model creation, data c
 ``create_optimizer_v2`` (with S4ND SSM parameter groups, ``optim.py``), ``create_scheduler_v2``,
 ``ModelEmaV3``, ``CheckpointSaver`` (``checkpoint.py``), ``NativeScaler`` and distributed setup.
 Additions: datasets in their released formats plus a synthetic one (``data.py``), a resolution schedule
-(``--prog-res``, docs/design.md §5), exact resume after a kill at any moment (``--resume``, ``--recovery-interval``),
-per-epoch summary lines and CSV / JSON metric logs.
+(``--prog-res``, docs/design.md §5), exact resume after a kill at any moment (``--resume``, ``--recovery-interval``)
+with a per-flag policy for what a resumed run may change (``RESUME_MAY_CHANGE``), refusal to write a new run
+over an old one (``--overwrite``), per-epoch summary lines and CSV / JSON metric logs.
 
 Launch: ``s4nd-train --dataset cifar10 --data-dir DIR --model ...``; multi-GPU / multi-node:
 ``torchrun --nproc_per_node=8 -m s4nd_timm.train.train ...`` (see train/README.md).
 """
 import argparse
 import csv
+import glob
 import io
 import json
 import logging
 import os
-from contextlib import nullcontext
+import sys
 from datetime import datetime
-from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn as nn
 
-from .checkpoint import (
-    ResumableSaver,
-    atomic_write_text,
-    find_resume_checkpoint,
-    gather_rank_states,
-    load_training_checkpoint,
-    set_rng_state,
+from s4nd_timm._io import TMP_MARK, atomic_link, atomic_write_text, remove_stale_temporaries
+
+from .checkpoint import EXTENSION, ResumableSaver, gather_rank_states, load_resume_checkpoint, set_rng_state
+from .common import (
+    ArgumentParser,
+    ModelKwargs,
+    amp_autocast,
+    build_model,
+    check_in_chans,
+    check_positive,
+    check_writable,
+    dataset_num_classes,
+    model_data_config,
+    resolve_device,
+    resolve_img_size,
+    set_channels_last,
 )
 from .data import check_image_folder, create_dataset, create_loader, dataset_classes, dataset_kind, default_splits
 from .engine import accepts_rate, evaluate, format_seconds, run_cli, setup_console_logging, train_one_epoch
 from .optim import create_optimizer
 
-__all__ = ['get_args_parser', 'parse_args', 'main', 'parse_prog_res']
+__all__ = ['get_args_parser', 'parse_args', 'main', 'parse_prog_res', 'RESUME_MAY_CHANGE']
+
+# flags a resumed run may change (applied and logged; left out, they keep the run's value); every other flag
+# must keep the run's value. The last group is where and how this process runs: always this command's.
+RESUME_MAY_CHANGE = ('epochs', 'workers', 'pin_mem', 'log_interval', 'recovery_interval', 'checkpoint_hist',
+                     'validation_batch_size', 'data_dir', 'torchcompile', 'torchcompile_mode')
+RESUME_RUNTIME = ('resume', 'output', 'experiment', 'overwrite', 'device', 'dist_backend', 'dist_url')
+RUN_FILES = ('last', 'model_best', 'checkpoint-*', 'recovery-*')  # + EXTENSION; with the logs below
+RUN_LOGS = ('metrics.json', 'summary.csv', 'args.yaml', 'log.txt')
 
 _logger = logging.getLogger('train')
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Flags; names follow timm's train.py wherever the same idea exists."""
-    from timm.utils import ParseKwargs
-    parser = argparse.ArgumentParser('s4nd-train', description='Train S4ND / timm models (timm flag names).')
+    parser = ArgumentParser('s4nd-train', description='Train S4ND / timm models (timm flag names).')
 
     group = parser.add_argument_group('Dataset parameters')
     group.add_argument('--data-dir', metavar='DIR', default=None, help='dataset root (not needed for synthetic)')
@@ -82,7 +99,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument('--channels-last', action='store_true', help='channels_last memory format')
     group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N', help='micro-batches per update')
     group.add_argument('--grad-checkpointing', action='store_true', help='activation checkpointing in the model')
-    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='key=value model kwargs')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=ModelKwargs, help='key=value model kwargs')
     group.add_argument('--torchcompile', '--compile', nargs='?', type=str, default=None, const='inductor',
                        metavar='BACKEND', help='torch.compile the model (backend, default inductor)')
     group.add_argument('--torchcompile-mode', type=str, default=None, help='torch.compile mode')
@@ -169,6 +186,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument('--pin-mem', action='store_true')
     group.add_argument('--output', default='', metavar='PATH', help='runs folder (default ./output/train)')
     group.add_argument('--experiment', default='', metavar='NAME', help='run folder name (default: time-model-size)')
+    group.add_argument('--overwrite', action='store_true',
+                       help='start afresh in an existing run folder, deleting its checkpoints and logs')
     group.add_argument('--eval-metric', default='top1', choices=('top1', 'top5', 'loss'),
                        help='metric that ranks checkpoints')
     return parser
@@ -193,91 +212,123 @@ def parse_prog_res(spec: Optional[Sequence[str]], epochs: int) -> Optional[List[
     return stages
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Flag values and combinations (ValueError naming the flag and the fix)."""
+    check_positive([('--epochs', args.epochs), ('--img-size', args.img_size), ('--input-size', args.input_size),
+                    ('--train-num-samples', args.train_num_samples), ('--val-num-samples', args.val_num_samples),
+                    ('-b/--batch-size', args.batch_size), ('-vb/--validation-batch-size', args.validation_batch_size),
+                    ('--num-frames', args.num_frames), ('--num-classes', args.num_classes),
+                    ('--grad-accum-steps', args.grad_accum_steps), ('--log-interval', args.log_interval),
+                    ('--checkpoint-hist', args.checkpoint_hist)])
+    kind = dataset_kind(args.dataset)
+    mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+    if mixup_active and args.batch_size % 2:
+        raise ValueError(f'Mixup / CutMix need an even --batch-size; got {args.batch_size}')
+    is_video = kind == 'hmdb51' or (kind == 'synthetic' and args.num_frames is not None)
+    if is_video and (args.cutmix > 0 or args.cutmix_minmax is not None):
+        raise ValueError('--cutmix works on images only; use --mixup for video')
+    if kind in ('imagenet', 'cifar10', 'hmdb51', 'timm') and not args.data_dir:
+        raise ValueError(f'--dataset {args.dataset} reads files: pass --data-dir')
+    if kind == 'timm' and not args.num_classes:
+        raise ValueError(f'--dataset {args.dataset}: pass --num-classes')
+    check_in_chans(args.dataset, args.in_chans)
+    parse_prog_res(args.prog_res, args.epochs)
+    args.is_video = is_video
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse and check flag combinations (errors name the flag and the fix)."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    kind = dataset_kind(args.dataset)
     train_split, val_split = default_splits(args.dataset)
     args.train_split = args.train_split or train_split
     args.val_split = args.val_split or val_split
-    if args.grad_accum_steps < 1:
-        parser.error('--grad-accum-steps must be >= 1')
-    mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-    if mixup_active and args.batch_size % 2:
-        parser.error(f'Mixup / CutMix need an even --batch-size; got {args.batch_size}')
-    is_video = kind == 'hmdb51' or (kind == 'synthetic' and args.num_frames is not None)
-    if is_video and (args.cutmix > 0 or args.cutmix_minmax is not None):
-        parser.error('--cutmix works on images only; use --mixup for video')
-    if kind in ('imagenet', 'cifar10', 'hmdb51', 'timm') and not args.data_dir:
-        parser.error(f'--dataset {args.dataset} reads files: pass --data-dir')
-    if kind == 'timm' and not args.num_classes:
-        parser.error(f'--dataset {args.dataset}: pass --num-classes')
-    parse_prog_res(args.prog_res, args.epochs)
-    args.is_video = is_video
+    if not args.resume:  # a resumed run is checked once its own flags are merged in (main)
+        try:
+            check_args(args)
+        except ValueError as e:
+            parser.error(str(e))
     return args
+
+
+def explicit_flags(argv: Optional[Sequence[str]]) -> Set[str]:
+    """The destinations of the flags given on the command line (not left at their defaults)."""
+    parser = get_args_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(sys.argv[1:] if argv is None else argv)))
+
+
+def _flag(key: str) -> str:
+    return '--' + key.replace('_', '-')
+
+
+def merge_resume_args(args: argparse.Namespace, saved: argparse.Namespace, explicit: Set[str],
+                      epochs_done: int) -> List[str]:
+    """Make ``args`` the resumed run's flags; returns the changes ('--epochs 3 -> 5').
+
+    A flag left out keeps the run's value. A flag given with another value is applied when it is in
+    ``RESUME_MAY_CHANGE`` (``--epochs`` may extend or shorten what is left of the run) and refused otherwise,
+    with the run's value and the new one; ``RESUME_RUNTIME`` flags always take this command's value.
+    """
+    refused, changes = [], []
+    for key in vars(get_args_parser().parse_args([])):
+        if key in RESUME_RUNTIME or not hasattr(saved, key):
+            continue
+        old, new = getattr(saved, key), getattr(args, key)
+        if key not in explicit or new == old:
+            setattr(args, key, old)
+        elif key in RESUME_MAY_CHANGE:
+            changes.append(f'{_flag(key)} {old} -> {new}')
+        else:
+            refused.append(f'{_flag(key)} {new} (the run has {old})')
+    if refused:
+        raise ValueError(f"--resume: {', '.join(refused)}: these flags cannot change when a run is resumed. Leave them "
+                         "out to continue the run as it was, or start a new run with another --experiment.")
+    if args.epochs < epochs_done:
+        raise ValueError(f'--resume: --epochs {args.epochs} is below the {epochs_done} epochs the run has completed')
+    check_args(args)
+    return changes
 
 
 # --- setup helpers ---------------------------------------------------------------------------------------
 
-def dataset_num_classes(args) -> int:
-    """Class count of the training set, read cheaply (class folders, split files, or flags)."""
-    kind = dataset_kind(args.dataset)
-    if kind == 'imagenet':
-        split_dir = check_image_folder(args.data_dir, args.train_split)
-        return sum(1 for e in os.scandir(split_dir) if e.is_dir())
-    if kind == 'cifar10':
-        return 10
-    if kind == 'hmdb51':
-        from .video import find_hmdb51, read_hmdb51_split
-        return len(read_hmdb51_split(find_hmdb51(args.data_dir)[1], args.hmdb_split, 'train')[0])
-    if kind == 'synthetic':
-        return args.num_classes or 10
-    return args.num_classes
+def augment_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """``data.train_transform`` keyword arguments from the augmentation flags."""
+    return dict(no_aug=args.no_aug, scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
+                color_jitter=args.color_jitter, auto_augment=args.aa, interpolation=args.train_interpolation,
+                re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, crop_pad=args.crop_pad,
+                crop_mode=args.train_crop_mode)
 
 
-def build_model(args, num_classes: int, checkpoint_path: Optional[str] = None) -> nn.Module:
-    """timm.create_model from the model flags; a clear error for unknown names.
-
-    For S4ND models (``s4nd_*``) the base resolution is part of the model: ``--img-size`` is passed as
-    ``img_size`` and, for video models, ``--num-frames`` as ``num_frames`` (unless set in --model-kwargs;
-    an ``img_size`` there becomes ``--img-size``), so data and model agree on the base size and the rate.
-    """
-    import timm
-    if not timm.is_model(args.model):
-        raise ValueError(f"unknown model {args.model!r}. S4ND models: {timm.list_models('s4nd_*')}; any timm name "
-                         "(timm.list_models()) works too.")
-    model_kwargs = dict(args.model_kwargs)
-    if args.model.startswith('s4nd_'):
-        if 'img_size' in model_kwargs and args.img_size is None and isinstance(model_kwargs['img_size'], int):
-            args.img_size = model_kwargs['img_size']
-        if args.img_size is not None:
-            model_kwargs.setdefault('img_size', args.img_size)
-        if args.num_frames is not None and args.model.endswith('_3d'):
-            model_kwargs.setdefault('num_frames', args.num_frames)
-    kwargs = dict(pretrained=args.pretrained, num_classes=num_classes, drop_rate=args.drop,
-                  drop_path_rate=getattr(args, 'drop_path', None), global_pool=args.gp, in_chans=args.in_chans,
-                  checkpoint_path=checkpoint_path)
-    return timm.create_model(args.model, **{k: v for k, v in kwargs.items() if v is not None}, **model_kwargs)
-
-
-def set_channels_last(model: nn.Module, video: bool) -> None:
-    """channels_last (channels_last_3d for video) for convolution weights only: S4ND's 4-D SSM tensors,
-    e.g. B (1, S, M, 2), must keep a unit-stride last axis, so ``model.to(memory_format=...)`` would break them."""
-    fmt, conv = (torch.channels_last_3d, nn.Conv3d) if video else (torch.channels_last, nn.Conv2d)
-    for m in model.modules():
-        if isinstance(m, conv):
-            m.weight.data = m.weight.data.contiguous(memory_format=fmt)
-
-
-def _output_dir(args, base_size: int) -> str:
-    from timm.models import safe_model_name
-    from timm.utils import get_outdir
+def _run_dir(args: argparse.Namespace, base_size: int) -> str:
     if args.resume and not args.output and not args.experiment:
         return args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.abspath(args.resume))
+    from timm.models import safe_model_name
     name = args.experiment or '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model),
                                         str(base_size)])
-    return get_outdir(args.output or './output/train', name)
+    return os.path.join(args.output or './output/train', name)
+
+
+def _run_files(folder: str) -> List[str]:
+    """The checkpoints and logs of a run in ``folder`` (temporaries of a killed write included)."""
+    if not os.path.isdir(folder):
+        return []
+    found = [p for n in RUN_FILES for p in glob.glob(os.path.join(glob.escape(folder), n + EXTENSION))]
+    found += glob.glob(os.path.join(glob.escape(folder), f'.*{TMP_MARK}*'))
+    return sorted(found + [os.path.join(folder, n) for n in RUN_LOGS if os.path.exists(os.path.join(folder, n))])
+
+
+def check_run_dir(args: argparse.Namespace, folder: str) -> None:
+    """The run folder can be written, and a new run (no --resume) does not write into a folder holding
+    another run, unless --overwrite."""
+    check_writable(folder, '--output/--experiment run folder', folder=True)
+    existing = _run_files(folder)
+    if args.resume or not existing or args.overwrite:
+        return
+    raise ValueError(f"run folder {folder!r} already holds a run ({', '.join(os.path.basename(p) for p in existing[:4])}"
+                     f"{' ...' if len(existing) > 4 else ''}). Continue it with --resume {folder}, start a new run "
+                     "with another --experiment, or pass --overwrite to delete it and start afresh.")
 
 
 def _write_logs(history: List[Dict[str, Any]], output_dir: str) -> None:
@@ -308,11 +359,22 @@ def check_replicas_in_sync(model: nn.Module, device: torch.device) -> float:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train; returns {'output_dir', 'history', 'best_metric', 'best_epoch', 'replica_max_diff'}."""
     args = parse_args(argv)
-    from timm.data import Mixup, resolve_data_config
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
     from timm.utils import ModelEmaV3, NativeScaler, init_distributed_device, random_seed, unwrap_model
 
+    resolve_device(args.device)
+    ckpt, resume_path, changes = None, None, []
+    if args.resume:
+        resume_path, ckpt = load_resume_checkpoint(args.resume)
+        if isinstance(ckpt.get('args'), argparse.Namespace):
+            changes = merge_resume_args(args, ckpt['args'], explicit_flags(argv), ckpt['progress']['epoch'])
+        else:
+            check_args(args)
+    elif args.experiment:
+        check_run_dir(args, _run_dir(args, 0))
+    else:
+        check_writable(args.output or './output/train', '--output', folder=True)
     device = init_distributed_device(args)
     args.primary = args.rank == 0
     setup_console_logging(logging.INFO if args.primary else logging.WARNING)
@@ -321,22 +383,31 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                      f'{torch.distributed.get_backend()}, device {device}.')
     random_seed(args.seed, args.rank)
 
-    num_classes = dataset_num_classes(args)
+    num_classes = dataset_num_classes(args.dataset, args.data_dir, args.train_split, args.hmdb_split, args.num_classes)
     if args.num_classes is not None and args.num_classes < num_classes:
         raise ValueError(f'--num-classes {args.num_classes} is below the {num_classes} classes of the training set')
     num_classes = args.num_classes or num_classes
-    model = build_model(args, num_classes, args.initial_checkpoint or None)
+    args.img_size = resolve_img_size(args.model, args.img_size, args.model_kwargs)
+    model = build_model(args.model, num_classes=num_classes, pretrained=args.pretrained,
+                        checkpoint_path=args.initial_checkpoint or None, model_kwargs=args.model_kwargs,
+                        img_size=args.img_size, num_frames=args.num_frames, in_chans=args.in_chans,
+                        global_pool=args.gp, drop_rate=args.drop, drop_path_rate=args.drop_path)
     if args.is_video and args.num_frames is None:
         args.num_frames = getattr(model, 'num_frames', None) or 16
-    data_config = resolve_data_config(vars(args), model=model, verbose=args.primary)
-    if dataset_kind(args.dataset) in ('cifar10', 'synthetic') and args.crop_pct is None:
-        data_config['crop_pct'] = 1.0  # small, already-centred images: no eval crop
+    data_config = model_data_config(model, args.dataset, vars(args))
     base_size = data_config['input_size'][-1]
     args.img_size, args.num_classes = base_size, num_classes  # resolved values, saved with the checkpoints
     stages = parse_prog_res(args.prog_res, args.epochs) or [(base_size, args.epochs)]
     stage_sizes = [size for size, n in stages for _ in range(n)]
 
-    train_ds = create_dataset(args, args.train_split, True, data_config)
+    data_kwargs = dict(data_dir=args.data_dir, seed=args.seed, num_classes=args.num_classes,
+                       num_frames=args.num_frames, clip_duration=args.clip_duration, frame_stride=args.frame_stride,
+                       hmdb_split=args.hmdb_split)
+    train_ds = create_dataset(args.dataset, args.train_split, True, data_config, num_samples=args.train_num_samples,
+                              augment=augment_kwargs(args), **data_kwargs)
+    if ckpt is not None and ckpt.get('train_samples', len(train_ds)) != len(train_ds):
+        raise ValueError(f"--resume: the training set now has {len(train_ds)} samples, the run had "
+                         f"{ckpt['train_samples']}; resume on the same data or start a new run")
     class_map = None
     if dataset_kind(args.dataset) == 'imagenet':
         class_map = {c: i for i, c in enumerate(dataset_classes(train_ds))}
@@ -346,11 +417,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             raise ValueError(f'class folders differ between {args.train_split}/ and {args.val_split}/: only in '
                              f'{args.train_split}: {sorted(set(class_map) - set(val_classes))[:5]}, only in '
                              f'{args.val_split}: {sorted(set(val_classes) - set(class_map))[:5]}')
-    eval_ds = create_dataset(args, args.val_split, False, data_config, class_map=class_map)
-    collate = None
-    if dataset_kind(args.dataset) == 'hmdb51':
-        from .video import collate_video
-        collate = collate_video
+    eval_ds = create_dataset(args.dataset, args.val_split, False, data_config, num_samples=args.val_num_samples,
+                             class_map=class_map, **data_kwargs)
 
     if args.grad_checkpointing:
         if not hasattr(model, 'set_grad_checkpointing'):
@@ -362,24 +430,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     model.to(device)
     if args.channels_last:
         set_channels_last(model, args.is_video)
-    optimizer = create_optimizer(model, args)
+    optimizer = create_optimizer(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                 momentum=args.momentum, eps=args.opt_eps, betas=args.opt_betas)
     if args.primary:
         _logger.info(f'Model {args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; '
                      'optimizer groups: ' + ', '.join(f"{g['name']} ({len(g['params'])} tensors, lr {g['lr']:g}, "
                                                       f"wd {g['weight_decay']:g})" for g in optimizer.param_groups))
 
-    amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if args.amp else nullcontext
-    loss_scaler = NativeScaler(device=device.type) if args.amp and amp_dtype == torch.float16 else None
+    autocast = amp_autocast(device, args.amp, args.amp_dtype)
+    loss_scaler = NativeScaler(device=device.type) if args.amp and args.amp_dtype == 'float16' else None
     model_ema = None
     if args.model_ema:
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                                device='cpu' if args.model_ema_force_cpu else None)
 
-    ckpt = None
-    if args.resume:
-        resume_path = find_resume_checkpoint(args.resume)
-        ckpt = load_training_checkpoint(resume_path)
+    if ckpt is not None:
         model.load_state_dict(ckpt['state_dict'])
         optimizer.load_state_dict(ckpt['optimizer'])
         if model_ema is not None:
@@ -389,7 +454,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         if loss_scaler is not None and loss_scaler.state_dict_key in ckpt:
             loss_scaler.load_state_dict(ckpt[loss_scaler.state_dict_key])
         _logger.info(f"Resuming from {resume_path}: epoch {ckpt['progress']['epoch']}, batch "
-                     f"{ckpt['progress']['batch']}, {ckpt['progress']['num_updates']} updates.")
+                     f"{ckpt['progress']['batch']}, {ckpt['progress']['num_updates']} updates."
+                     + (f" Changed: {', '.join(changes)}." if changes else ''))
 
     if args.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -403,17 +469,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     eval_model = unwrap_model(model)
 
     loader = create_loader(train_ds, args.batch_size, True, args.seed, args.rank, args.world_size,
-                           repeats=int(args.aug_repeats), num_workers=args.workers, pin_memory=args.pin_mem,
-                           collate_fn=collate)
+                           repeats=int(args.aug_repeats), num_workers=args.workers, pin_memory=args.pin_mem)
     eval_loader = create_loader(eval_ds, args.validation_batch_size or args.batch_size, False, args.seed, args.rank,
-                                args.world_size, num_workers=args.workers, pin_memory=args.pin_mem,
-                                collate_fn=collate)
+                                args.world_size, num_workers=args.workers, pin_memory=args.pin_mem)
     num_batches = len(loader)
     updates_per_epoch = (num_batches + args.grad_accum_steps - 1) // args.grad_accum_steps
     lr_scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=updates_per_epoch)
 
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+        from timm.data import Mixup
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                          label_smoothing=args.smoothing, num_classes=num_classes)
@@ -428,20 +493,32 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         progress = ckpt['progress']
         start_epoch, start_batch, num_updates = progress['epoch'], progress['batch'], progress['num_updates']
         history = list(ckpt['history'])
-        lr_scheduler.load_state_dict(ckpt['scheduler'])
+        if args.epochs == getattr(ckpt.get('args'), 'epochs', args.epochs):
+            lr_scheduler.load_state_dict(ckpt['scheduler'])
+        else:  # as timm: the schedule is laid out over the new --epochs
+            _logger.warning(f'--epochs changed: the {args.sched} schedule now spans {args.epochs} epochs')
     lr_scheduler.step(start_epoch)
     lr_scheduler.step_update(num_updates)
 
     output_dir, saver = None, None
     extra: Dict[str, Any] = {}
     if args.primary:
-        output_dir = _output_dir(args, base_size)
+        output_dir = _run_dir(args, base_size)
+        check_run_dir(args, output_dir)
+        for path in _run_files(output_dir) if args.overwrite and not args.resume else []:
+            os.remove(path)
+        os.makedirs(output_dir, exist_ok=True)
+        remove_stale_temporaries(output_dir)
         saver = ResumableSaver(model=model, optimizer=optimizer, args=args, model_ema=model_ema,
                                amp_scaler=loss_scaler, checkpoint_dir=output_dir, recovery_dir=output_dir,
                                decreasing=args.eval_metric == 'loss', max_history=args.checkpoint_hist,
                                extra_state=lambda: dict(extra))
         if ckpt is not None:
             saver.restore(ckpt['saver'])
+            last = os.path.join(output_dir, 'last' + EXTENSION)
+            in_run = os.path.dirname(os.path.abspath(resume_path)) == os.path.abspath(output_dir)
+            if in_run and start_batch == 0 and not (os.path.exists(last) and os.path.samefile(resume_path, last)):
+                atomic_link(resume_path, last)  # resumed from an epoch file: it becomes `last` again
         atomic_write_text(os.path.join(output_dir, 'args.yaml'), _args_yaml(args))
         file_handler = logging.FileHandler(os.path.join(output_dir, 'log.txt'))
         file_handler.setFormatter(logging.Formatter('%(asctime)s %(message)s'))
@@ -467,7 +544,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         ranks = gather_rank_states(args.distributed, partial=sums)
         extra.clear()
         extra.update(progress={'epoch': epoch_next, 'batch': batch, 'num_updates': updates}, ranks=ranks,
-                     scheduler=lr_scheduler.state_dict(), history=list(history))
+                     scheduler=lr_scheduler.state_dict(), history=list(history), train_samples=len(train_ds))
 
     last_recovery = {'batch': start_batch}
 
@@ -481,7 +558,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 saver.save_recovery(epoch, batches_done)
                 _logger.info(f'Saved recovery checkpoint: epoch {epoch}, batch {batches_done}')
 
-    best_metric = best_epoch = None
+    skipped_key = 'skipped_videos' if args.is_video else 'skipped_images'
+    loop_kwargs = dict(device=device, num_batches=num_batches, epochs=args.epochs,
+                       grad_accum_steps=args.grad_accum_steps, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                       channels_last=args.channels_last, log_interval=args.log_interval,
+                       distributed=args.distributed, world_size=args.world_size, primary=args.primary)
     try:
         for epoch in range(start_epoch, args.epochs):
             size = stage_sizes[epoch]
@@ -491,19 +572,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             loader.sampler.set_epoch(epoch, start=start_batch * args.batch_size)
             last_recovery['batch'] = start_batch
             train_metrics = train_one_epoch(
-                epoch, model, loader, optimizer, train_loss_fn, args, device=device, num_batches=num_batches,
-                start_batch=start_batch, num_updates=num_updates, rate=rate, pass_rate=pass_rate,
-                lr_scheduler=lr_scheduler, loss_scaler=loss_scaler, amp_autocast=amp_autocast, model_ema=model_ema,
-                mixup_fn=mixup_fn, on_update=on_update, partial=epoch_partial, epochs_after=args.epochs - epoch - 1)
+                epoch, model, loader, optimizer, train_loss_fn, start_batch=start_batch, num_updates=num_updates,
+                rate=rate, pass_rate=pass_rate, lr_scheduler=lr_scheduler, loss_scaler=loss_scaler,
+                amp_autocast=autocast, model_ema=model_ema, mixup_fn=mixup_fn, on_update=on_update,
+                partial=epoch_partial, epochs_after=args.epochs - epoch - 1, **loop_kwargs)
             num_updates, start_batch, epoch_partial = train_metrics['num_updates'], 0, None
-            eval_kwargs = dict(device=device, distributed=args.distributed, amp_autocast=amp_autocast,
+            eval_kwargs = dict(device=device, distributed=args.distributed, amp_autocast=autocast,
                                channels_last=args.channels_last, pass_rate=pass_rate)
             row = {'epoch': epoch, 'img_size': size, 'rate': rate, 'lr': optimizer.param_groups[0]['lr'],
                    'train_loss': train_metrics['loss'], 'train_samples_per_sec': train_metrics['samples_per_sec'],
-                   'train_time': train_metrics['time'], 'skipped_videos': train_metrics['skipped']}
+                   'train_time': train_metrics['time'], skipped_key: train_metrics['skipped']}
             eval_metrics = evaluate(eval_model, eval_loader, rate=1.0, **eval_kwargs)
             row.update({f'eval_{k}': eval_metrics[k] for k in ('loss', 'top1', 'top5')})
-            row['skipped_videos'] += eval_metrics['skipped']
+            row[skipped_key] += eval_metrics['skipped']
             if rate != 1:
                 at_rate = evaluate(eval_model, eval_loader, rate=rate, **eval_kwargs)
                 row.update({f'eval_{k}@{size}': at_rate[k] for k in ('loss', 'top1', 'top5')})
@@ -515,9 +596,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             history.append(row)
             save_state(epoch + 1, 0, num_updates)
             if saver is not None:
+                _write_logs(history, output_dir)  # before the checkpoint that holds this epoch
                 best_metric, best_epoch = saver.save_checkpoint(epoch, metric=metric)
                 saver.remove_recovery()
-                _write_logs(history, output_dir)
                 _logger.info(
                     f"Epoch {epoch}/{args.epochs} done in {format_seconds(train_metrics['time'])} | size {size} "
                     f"(rate {rate:g}) | train loss {row['train_loss']:.4f}, "
@@ -525,8 +606,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     f"{row['eval_top1']:.2f} top-5 {row['eval_top5']:.2f}"
                     + (f" | @{size}: top-1 {row[f'eval_top1@{size}']:.2f}" if rate != 1 else '')
                     + (f" | EMA top-1 {row['ema_top1']:.2f}" if 'ema_top1' in row else '')
-                    + f" | skipped videos {row['skipped_videos']} | best {args.eval_metric} {best_metric:.4g} "
+                    + f" | skipped {row[skipped_key]} | best {args.eval_metric} {best_metric:.4g} "
                     f"(epoch {best_epoch})")
+        if saver is not None:  # also completes a run resumed after its last epoch was saved
+            saver.remove_recovery()
+            _write_logs(history, output_dir)
         replica_diff = None
         if args.distributed:
             replica_diff = check_replicas_in_sync(model, device)
@@ -541,6 +625,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 h.close()
         if args.distributed:
             torch.distributed.destroy_process_group()
+    best_metric, best_epoch = (saver.best_metric, saver.best_epoch) if saver is not None else (None, None)
     return {'output_dir': output_dir, 'history': history, 'best_metric': best_metric, 'best_epoch': best_epoch,
             'replica_max_diff': replica_diff}
 

@@ -14,16 +14,30 @@ import argparse
 import json
 import logging
 import os
-from contextlib import nullcontext
-from functools import partial
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .checkpoint import atomic_write_text
+from s4nd_timm._io import atomic_write_text
+
+from .common import (
+    ArgumentParser,
+    ModelKwargs,
+    amp_autocast,
+    build_model,
+    check_in_chans,
+    check_positive,
+    check_writable,
+    dataset_num_classes,
+    model_data_config,
+    load_weights,
+    read_checkpoint,
+    resolve_device,
+    resolve_img_size,
+    set_channels_last,
+)
 from .data import create_dataset, create_loader, dataset_kind, default_splits
 from .engine import accepts_rate, evaluate, run_cli, setup_console_logging
-from .train import build_model, dataset_num_classes, set_channels_last
 
 __all__ = ['get_args_parser', 'main']
 
@@ -33,8 +47,7 @@ _INHERITED = ('model', 'model_kwargs', 'img_size', 'num_frames', 'num_classes', 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from timm.utils import ParseKwargs
-    parser = argparse.ArgumentParser('s4nd-validate', description='Evaluate a model at given resolutions.')
+    parser = ArgumentParser('s4nd-validate', description='Evaluate a model at given resolutions.')
     parser.add_argument('--data-dir', metavar='DIR', default=None, help='dataset root (not needed for synthetic)')
     parser.add_argument('--dataset', '-d', metavar='NAME', default='imagenet',
                         help='imagenet, cifar10, hmdb51, synthetic, or a timm torch/ or hfds/ source')
@@ -44,7 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--checkpoint', default='', metavar='PATH', help='weights: s4nd-train or timm checkpoint')
     parser.add_argument('--pretrained', action='store_true', help='use the pretrained weights (no --checkpoint)')
     parser.add_argument('--use-ema', action='store_true', help='evaluate the checkpoint\'s EMA weights')
-    parser.add_argument('--model-kwargs', nargs='*', default=None, action=ParseKwargs, help='key=value model kwargs')
+    parser.add_argument('--model-kwargs', nargs='*', default=None, action=ModelKwargs, help='key=value model kwargs')
     parser.add_argument('--num-classes', type=int, default=None, metavar='N')
     parser.add_argument('--in-chans', type=int, default=None, metavar='N')
     parser.add_argument('--gp', default=None, metavar='POOL')
@@ -72,65 +85,70 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _checkpoint_args(path: str) -> Optional[argparse.Namespace]:
-    """The training flags stored in an s4nd-train / timm checkpoint, if any."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    saved = ckpt.get('args') if isinstance(ckpt, dict) else None
-    return saved if isinstance(saved, argparse.Namespace) else None
-
-
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     """Evaluate; returns one result dict per size: {'model', 'img_size', 'rate', 'top1', 'top5', 'loss', ...}."""
-    from timm.data import resolve_data_config
-    from timm.models import load_checkpoint
     args = get_args_parser().parse_args(argv)
     setup_console_logging(to='stdout')
+    check_positive([('--img-size', args.img_size), ('--base-size', args.base_size), ('--num-classes', args.num_classes),
+                    ('--val-num-samples', args.val_num_samples), ('-b/--batch-size', args.batch_size),
+                    ('--num-frames', args.num_frames)])
+    if args.results_file:
+        check_writable(args.results_file, '--results-file', folder=False)
     kind = dataset_kind(args.dataset)
     args.split = args.split or default_splits(args.dataset)[1]
+    if not args.checkpoint and not args.pretrained:
+        raise ValueError('no weights to evaluate: pass --checkpoint PATH (an s4nd-train or timm checkpoint) or '
+                         '--pretrained (the model\'s released weights)')
     if args.checkpoint and not os.path.isfile(args.checkpoint):
-        raise ValueError(f'--checkpoint {args.checkpoint!r} does not exist')
-    saved = _checkpoint_args(args.checkpoint) if args.checkpoint else None
+        raise ValueError(f'--checkpoint {args.checkpoint!r} not found; pass an existing checkpoint file')
+    if args.use_ema and not args.checkpoint:
+        raise ValueError('--use-ema needs --checkpoint (a checkpoint saved with --model-ema)')
+    state_dict, saved = read_checkpoint(args.checkpoint, use_ema=args.use_ema) if args.checkpoint else (None, None)
+    device = resolve_device(args.device)
     eval_sizes, args.img_size = args.img_size, args.base_size  # from here on img_size is the base (model) size
     for name in _INHERITED:
         if getattr(args, name) is None and saved is not None:
             setattr(args, name, getattr(saved, name, None))
     if args.model is None:
-        raise ValueError('no --model given and the checkpoint does not name one')
+        raise ValueError(f'no --model given and the checkpoint {args.checkpoint} does not name one; pass --model NAME')
     args.model_kwargs = args.model_kwargs or {}
-    args.pretrained = args.pretrained and not args.checkpoint
-    args.drop = 0.0
-    args.is_video = kind == 'hmdb51' or (kind == 'synthetic' and args.num_frames is not None)
+    check_in_chans(args.dataset, args.in_chans)
+    is_video = kind == 'hmdb51' or (kind == 'synthetic' and args.num_frames is not None)
+    found = dataset_num_classes(args.dataset, args.data_dir, args.split, args.hmdb_split, args.num_classes)
     if args.num_classes is None:
-        args.num_classes = dataset_num_classes(argparse.Namespace(**vars(args), train_split=args.split))
-
-    device = torch.device(args.device)
-    model = build_model(args, args.num_classes)
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
-    if args.is_video and args.num_frames is None:
+        args.num_classes = found
+    elif found is not None and found != args.num_classes:
+        if found > args.num_classes:
+            raise ValueError(f'{args.dataset}/{args.split} has {found} classes but the model has {args.num_classes} '
+                             'outputs; evaluate it on the dataset it was trained for (or pass --num-classes)')
+        _logger.warning(f'{args.dataset}/{args.split} has {found} classes, the model {args.num_classes} outputs: '
+                        'labels are the indices of the sorted class folders of this split, so a missing class '
+                        'folder shifts them')
+    args.img_size = resolve_img_size(args.model, args.img_size, args.model_kwargs)
+    model = build_model(args.model, num_classes=args.num_classes, pretrained=args.pretrained and not args.checkpoint,
+                        model_kwargs=args.model_kwargs, img_size=args.img_size, num_frames=args.num_frames,
+                        in_chans=args.in_chans, global_pool=args.gp)
+    if state_dict is not None:
+        load_weights(model, state_dict, args.checkpoint)
+    if is_video and args.num_frames is None:
         args.num_frames = getattr(model, 'num_frames', None) or 16
     model.to(device).eval()
     if args.channels_last:
-        set_channels_last(model, args.is_video)
-    data_config = resolve_data_config(vars(args), model=model)
-    if kind in ('cifar10', 'synthetic') and args.crop_pct is None:
-        data_config['crop_pct'] = 1.0
+        set_channels_last(model, is_video)
+    data_config = model_data_config(model, args.dataset, vars(args))
     base = data_config['input_size'][-1]
-    dataset = create_dataset(args, args.split, False, data_config)
-    collate = None
-    if kind == 'hmdb51':
-        from .video import collate_video
-        collate = collate_video
-    loader = create_loader(dataset, args.batch_size, False, args.seed, num_workers=args.workers, collate_fn=collate)
-    amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if args.amp else nullcontext
+    dataset = create_dataset(args.dataset, args.split, False, data_config, data_dir=args.data_dir, seed=args.seed,
+                             num_classes=args.num_classes, num_samples=args.val_num_samples,
+                             num_frames=args.num_frames, clip_duration=args.clip_duration,
+                             frame_stride=args.frame_stride, hmdb_split=args.hmdb_split)
+    loader = create_loader(dataset, args.batch_size, False, args.seed, num_workers=args.workers)
+    autocast = amp_autocast(device, args.amp, args.amp_dtype)
     pass_rate = accepts_rate(model)
     results = []
     for size in eval_sizes or [base]:
         rate = base / size
         m = evaluate(model, loader, device=device, distributed=False, rate=rate, pass_rate=pass_rate,
-                     amp_autocast=amp_autocast, channels_last=args.channels_last)
+                     amp_autocast=autocast, channels_last=args.channels_last)
         results.append({'model': args.model, 'checkpoint': args.checkpoint, 'dataset': args.dataset,
                         'split': args.split, 'img_size': size, 'base_size': base, 'rate': rate, 'top1': m['top1'],
                         'top5': m['top5'], 'loss': m['loss'], 'samples': m['samples'], 'skipped': m['skipped']})

@@ -31,14 +31,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ['HMDB51', 'import_pytorchvideo', 'read_hmdb51_split', 'collate_video', 'parse_video_randaug']
+from .data import load_or_skip
+
+__all__ = ['HMDB51', 'import_pytorchvideo', 'find_hmdb51', 'hmdb51_classes', 'read_hmdb51_split', 'collate_video',
+           'parse_video_randaug']
 
 SPLIT_DIR_NAMES = ('testTrainMulti_7030_splits', 'test_train_splits')  # released name, reference's name
 SPLIT_CODES = {'train': 1, 'test': 2, 'unused': 0}
 # the reference's normalization (Kinetics statistics), here for frames scaled to [0, 1]
 VIDEO_MEAN = (0.43216, 0.394666, 0.37645)
 VIDEO_STD = (0.22803, 0.22145, 0.216989)
-MAX_DECODE_TRIES = 10
 
 
 def import_pytorchvideo():
@@ -82,32 +84,54 @@ def find_hmdb51(root: str) -> Tuple[str, str]:
     return video_dir, split_dir
 
 
-def read_hmdb51_split(split_dir: str, split_id: int, split: str) -> Tuple[List[str], List[Tuple[str, int]]]:
-    """Parse the split files of fold ``split_id`` for ``split`` ('train', 'test' or 'unused').
+def hmdb51_classes(video_dir: str, split_dir: str, split_id: int) -> List[str]:
+    """The sorted class folders of ``video_dir``, checked against the split files of fold ``split_id``.
 
-    Returns:
-        classes (sorted class names, one per split file), items [(relative path '<class>/<name>', label)].
+    Every class folder needs its '<class>_test_split<k>.txt' and every such file its class folder; otherwise
+    a ValueError names the missing ones (labels come from this list, so train and test always agree).
     """
     if split_id not in (1, 2, 3):
         raise ValueError(f"HMDB-51 split id must be 1, 2 or 3; got {split_id}")
-    if split not in SPLIT_CODES:
-        raise ValueError(f"HMDB-51 split must be one of {sorted(SPLIT_CODES)}; got {split!r}")
     suffix = f'_test_split{split_id}.txt'
     files = sorted(f for f in os.listdir(split_dir) if f.endswith(suffix))
     if not files:
         raise ValueError(f"no split files '*{suffix}' in {split_dir!r} (found {len(os.listdir(split_dir))} files). "
                          f"Expected 51 files like 'brush_hair{suffix}' from test_train_splits.rar.")
-    classes = [f[:-len(suffix)] for f in files]
+    classes = sorted(e.name for e in os.scandir(video_dir) if e.is_dir())
+    with_split = {f[:-len(suffix)] for f in files}
+    no_folder = sorted(with_split - set(classes))
+    if no_folder:
+        raise ValueError(f"{len(no_folder)} class folder(s) named in the split files are missing from "
+                         f"{video_dir!r}: {no_folder[:5]}. Extract every per-class archive into videos/.")
+    no_split = [c for c in classes if c not in with_split]
+    if no_split:
+        raise ValueError(f"{len(no_split)} class folder(s) in {video_dir!r} have no split file for split "
+                         f"{split_id}: missing {[c + suffix for c in no_split[:5]]} in {split_dir!r}. Extract "
+                         "all of test_train_splits.rar, or remove folders that are not HMDB-51 classes.")
+    return classes
+
+
+def read_hmdb51_split(video_dir: str, split_dir: str, split_id: int,
+                      split: str) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """Parse the split files of fold ``split_id`` for ``split`` ('train', 'test' or 'unused').
+
+    Returns:
+        classes (``hmdb51_classes``: sorted class folders), items [(relative path '<class>/<name>', label)]
+        with label = the class's index in ``classes``.
+    """
+    if split not in SPLIT_CODES:
+        raise ValueError(f"HMDB-51 split must be one of {sorted(SPLIT_CODES)}; got {split!r}")
+    classes = hmdb51_classes(video_dir, split_dir, split_id)
     items = []
-    for label, (cls, fname) in enumerate(zip(classes, files)):
-        with open(os.path.join(split_dir, fname)) as fh:
+    for label, cls in enumerate(classes):
+        path = os.path.join(split_dir, f'{cls}_test_split{split_id}.txt')
+        with open(path) as fh:
             for lineno, line in enumerate(fh, 1):
                 fields = line.split()
                 if not fields:
                     continue
                 if len(fields) != 2 or fields[1] not in ('0', '1', '2'):
-                    raise ValueError(f"{os.path.join(split_dir, fname)}:{lineno}: expected '<video>.avi <0|1|2>'; "
-                                     f"got {line.strip()!r}")
+                    raise ValueError(f"{path}:{lineno}: expected '<video>.avi <0|1|2>'; got {line.strip()!r}")
                 if int(fields[1]) == SPLIT_CODES[split]:
                     items.append((f'{cls}/{fields[0]}', label))
     return classes, items
@@ -144,14 +168,28 @@ def video_transform(is_training: bool, num_frames: int, img_size: int, auto_augm
         horizontal_flip_prob=hflip, aug_type='randaug' if randaug else 'default', aug_paras=randaug)
 
 
+def collate_video(batch: Sequence[tuple]) -> Tuple[Tensor, Tensor, List[str]]:
+    """Training items -> ((B, 3, T, S, S), (B,), failures); evaluation items -> all clips stacked
+    ((sum K, 3, T, S, S), labels repeated per clip, failures), undecodable videos dropped."""
+    failures = [f for item in batch for f in item[2]]
+    kept = [(x, y) for x, y, _ in batch if x is not None]
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), failures
+    if kept[0][0].dim() == 4:
+        return torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept]), failures
+    x = torch.cat([x for x, _ in kept])
+    y = torch.tensor([y for x, y in kept for _ in range(x.shape[0])])
+    return x, y, failures
+
+
 class HMDB51(Dataset):
-    """HMDB-51 clips: item i -> (clip, label, failures).
+    """HMDB-51 clips: item i -> (clip, label, failures); ``collate_fn`` is ``collate_video``.
 
     Training items are one random ``clip_duration`` clip of video i (pytorchvideo 'random' sampler);
     evaluation items are all consecutive clips of video i ('uniform' sampler), as the reference.
-    A video that cannot be decoded is never fatal: training moves on to the next video (up to
-    MAX_DECODE_TRIES), evaluation drops it; each failure is returned as '<path>: <reason>' in
-    ``failures`` for the training loop to warn about and count.
+    A video that cannot be decoded is never fatal (``data.load_or_skip``): training moves on to the next
+    video, evaluation drops it; each failure is returned as 'video <path>: <reason>' in ``failures`` for the
+    loops to warn about and count. Labels are the indices of the sorted class folders (``hmdb51_classes``).
 
     Args:
         root: folder with videos/ and testTrainMulti_7030_splits/.
@@ -170,6 +208,8 @@ class HMDB51(Dataset):
         evaluation: clips (K, 3, T, S, S) or None when undecodable, label, failures.
     """
 
+    collate_fn = staticmethod(collate_video)
+
     def __init__(self, root: str, split: str = 'train', split_id: int = 1, num_frames: int = 16,
                  clip_duration: float = 2.0, frame_stride: Optional[int] = None, img_size: int = 224,
                  is_training: Optional[bool] = None, auto_augment: Optional[str] = None, hflip: float = 0.5):
@@ -180,11 +220,7 @@ class HMDB51(Dataset):
             raise ValueError(f"need num_frames >= 1, clip_duration > 0, frame_stride None or >= 1; got "
                              f"{num_frames}, {clip_duration}, {frame_stride}")
         self.video_dir, self.split_dir = find_hmdb51(root)
-        self.classes, items = read_hmdb51_split(self.split_dir, split_id, split)
-        missing_dirs = [c for c in self.classes if not os.path.isdir(os.path.join(self.video_dir, c))]
-        if missing_dirs:
-            raise ValueError(f"{len(missing_dirs)} class folder(s) named in the split files are missing from "
-                             f"{self.video_dir!r}: {missing_dirs[:5]}. Extract every per-class archive into videos/.")
+        self.classes, items = read_hmdb51_split(self.video_dir, self.split_dir, split_id, split)
         missing = [p for p, _ in items if not os.path.isfile(os.path.join(self.video_dir, p))]
         if missing:
             raise ValueError(f"{len(missing)} of {len(items)} {split} videos of split {split_id} are missing under "
@@ -243,30 +279,5 @@ class HMDB51(Dataset):
         return (clips[0] if self.is_training else torch.stack(clips)), label
 
     def __getitem__(self, index: int):
-        failures = []
-        tries = min(MAX_DECODE_TRIES, len(self.items)) if self.is_training else 1
-        for attempt in range(tries):
-            i = (index + attempt) % len(self.items)
-            try:
-                clip, label = self._load(i)
-                return clip, label, failures
-            except Exception as e:  # any decoding problem: record it, never stop the epoch
-                failures.append(f"{os.path.join(self.video_dir, self.items[i][0])}: {type(e).__name__}: {e}")
-        if self.is_training:
-            raise RuntimeError(f"{tries} consecutive videos failed to decode from index {index}: {failures}. "
-                               "Check the video files and the PyAV install.")
-        return None, self.items[index][1], failures
-
-
-def collate_video(batch: Sequence[tuple]) -> Tuple[Tensor, Tensor, List[str]]:
-    """Training items -> ((B, 3, T, S, S), (B,), failures); evaluation items -> all clips stacked
-    ((sum K, 3, T, S, S), labels repeated per clip, failures), undecodable videos dropped."""
-    failures = [f for item in batch for f in item[2]]
-    kept = [(x, y) for x, y, _ in batch if x is not None]
-    if not kept:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), failures
-    if kept[0][0].dim() == 4:
-        return torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept]), failures
-    x = torch.cat([x for x, _ in kept])
-    y = torch.tensor([y for x, y in kept for _ in range(x.shape[0])])
-    return x, y, failures
+        return load_or_skip(self._load, index, len(self.items), self.is_training,
+                            lambda i: 'video ' + os.path.join(self.video_dir, self.items[i][0]))
