@@ -90,9 +90,19 @@ def _local_file_hint(name: str) -> str:
     return ' '.join(lines)
 
 
+def model_cards_dir() -> Optional[Path]:
+    """The model cards installed with the package (package data ``s4nd_timm.model_cards``); None without them."""
+    try:
+        cards = Path(str(importlib.resources.files('s4nd_timm.model_cards')))
+    except ModuleNotFoundError:
+        return None
+    return cards if cards.is_dir() else None
+
+
 def _card_hint(name: str) -> str:
-    card = MODEL_CARDS_DIR / f'{name}.md'
-    return f" How these weights are produced: {card}." if card.is_file() else ''
+    cards = model_cards_dir()
+    card = cards / f'{name}.md' if cards is not None else None
+    return f" How these weights are produced: {card}." if card is not None and card.is_file() else ''
 
 
 def _resolve_cfg(variant: str, pretrained_cfg: Any, overlay: Optional[Dict]) -> Dict[str, Any]:
@@ -122,23 +132,18 @@ def _source(cfg: Mapping[str, Any]) -> Tuple[str, str]:
     return '', ''
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples -> lists); raises TypeError if it cannot be written."""
     return json.loads(json.dumps(value))
 
 
-def _pair(size: Any) -> Any:
-    """An ``img_size`` as [H, W] (an int n is [n, n]); anything else unchanged."""
-    return [size, size] if isinstance(size, int) else size
-
-
 def _same_arg(key: str, saved: Any, current: Any) -> bool:
     try:
-        saved, current = _jsonable(saved), _jsonable(current)
+        saved, current = jsonable(saved), jsonable(current)
     except (TypeError, ValueError):  # not JSON: cannot have come from a config.json
         return saved == current
-    if key == 'img_size':  # 32 == [32, 32]
-        saved, current = _pair(saved), _pair(current)
+    if key == 'img_size' and saved is not None and current is not None:  # 32 == [32, 32]
+        saved, current = list(to_2tuple(saved)), list(to_2tuple(current))
     return saved == current
 
 
@@ -154,14 +159,48 @@ def _effective_args(model_cls: Callable, kwargs: Mapping[str, Any]) -> Dict[str,
 
 
 def _saved_config(weights: str) -> Optional[Tuple[Path, Dict[str, Any]]]:
-    """The config.json next to a weight file (a save_pretrained folder), if there is a readable one."""
+    """The config.json next to a weight file (a save_pretrained folder), if there is one.
+
+    Raises:
+        ValueError: it is not a JSON object (broken or truncated file), naming it.
+    """
     config = Path(weights).parent / CONFIG_NAME
     if not config.is_file():
         return None
     try:
-        return config, json.loads(config.read_text(encoding='utf-8'))
-    except (OSError, ValueError):
-        return None
+        saved = json.loads(config.read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        saved = e
+    if not isinstance(saved, dict):
+        detail = f"{type(saved).__name__}: {saved}" if isinstance(saved, Exception) else 'not a JSON object'
+        raise ValueError(
+            f"{config} (the config.json next to the weights {weights}) cannot be read ({detail}). Re-save the folder "
+            f"with s4nd_timm.hub.save_pretrained, or remove the broken config.json to load the weight file alone.")
+    return config, saved
+
+
+def _check_model_kwargs(model_cls: Callable, model_kwargs: Mapping[str, Any], name: str,
+                        from_config: Mapping[str, Any], where: str) -> None:
+    """Every argument must be one ``model_cls`` takes; a wrong one is named, with the config.json it came from."""
+    params = inspect.signature(model_cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(k for k in model_kwargs if k not in params)
+    if not unknown:
+        return
+    source = (f" They come from the model_args of {where}, which describe another architecture: re-save that folder "
+              f"with s4nd_timm.hub.save_pretrained." if any(k in from_config for k in unknown) else
+              " Check the spelling, or see the model's docstring for its arguments.")
+    raise ValueError(
+        f"{name} ({model_cls.__name__}) does not take the argument(s) {unknown}.{source}")
+
+
+def _file_errors() -> Tuple[type, ...]:
+    """Exception types of a weight file that exists but cannot be read (truncated, corrupt, not a checkpoint)."""
+    import pickle
+
+    from safetensors import SafetensorError
+    return SafetensorError, EOFError, pickle.UnpicklingError
 
 
 def _check_saved_args(
@@ -179,7 +218,7 @@ def _check_saved_args(
             f"Load that folder with timm.create_model('local-dir:{config.parent}', pretrained=True).")
     current = _effective_args(model_cls, model_kwargs)
     differ = [
-        k for k in sorted(saved_args) if k in current and k not in _RUNTIME_ARGS and k not in _ADAPTED_ARGS
+        k for k in sorted(saved_args) if k in current and k not in RUNTIME_ARGS and k not in _ADAPTED_ARGS
         and not _same_arg(k, saved_args[k], current[k])]
     if differ:
         diffs = '; '.join(f"{k}={saved_args[k]!r} (this model: {current[k]!r})" for k in differ)
@@ -231,12 +270,15 @@ def build_s4nd_model(
     Raises:
         PretrainedWeightsError: ``pretrained=True`` and the weights could not be found, fetched or matched; the
             message names the repo / file and how to load a local file instead.
+        ValueError: an argument ``model_cls`` does not take; a weight file or its config.json that cannot be read.
     """
     from timm.models import build_model_with_cfg
     cfg = _resolve_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     name = _cfg_name(variant, cfg)
     kwargs = {**(tag_model_args or {}).get(name, {}), **kwargs}
     model_kwargs = {k: v for k, v in kwargs.items() if k not in _BUILD_ONLY}
+    from_config = kwargs.get('pretrained_model_args') or {}  # a local-dir: / hf-hub: folder's config.json model_args
+    _check_model_kwargs(model_cls, model_kwargs, name, from_config, f"the config.json of {cfg.get('file') or name}")
     if pretrained:
         kind, loc = _source(cfg)
         if not kind:
@@ -275,12 +317,18 @@ def build_s4nd_model(
                 f"could not load pretrained weights for '{name}' from {where}: {type(e).__name__}: {detail}.{why} "
                 f"Nothing was loaded; no random weights are returned.{_card_hint(name)} {_local_file_hint(name)}"
             ) from e
+        except _file_errors() as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else 'no details'
+            raise ValueError(
+                f"the weights of '{name}' in {loc} cannot be read ({type(e).__name__}: {detail}): the file is "
+                f"truncated or corrupt. Download or save it again (s4nd_timm.hub.save_pretrained writes whole files "
+                f"or nothing).") from e
     else:
         model = build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
     recorded = {}
     for k, v in model_kwargs.items():
         try:
-            recorded[k] = _jsonable(v)
+            recorded[k] = jsonable(v)
         except (TypeError, ValueError):
             _logger.debug('model argument %s=%r is not JSON-serializable; not recorded', k, v)
     model.s4nd_model_args = recorded

@@ -11,8 +11,9 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Set
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
 
-from s4nd_timm.hub import HF_ORG
 from s4nd_timm.layers import S4ND
+
+from ._builder import HF_ORG
 
 __all__ = ['IN1K_CFG', 'PAPER_CFG', 'RESOLUTION_MODES', 's4nd_default_cfgs', 's4nd_layer_args', 'S4NDModelMixin']
 

@@ -42,9 +42,9 @@ from timm.models._features import feature_take_indices
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from s4nd_timm.hub import build_s4nd_model
 from s4nd_timm.layers import S4ND
 
+from ._builder import build_s4nd_model
 from ._common import IN1K_CFG, S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
 
 __all__ = ['S4NDConvNeXt', 'checkpoint_filter_fn']

@@ -30,9 +30,9 @@ from timm.models._features import feature_take_indices
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from s4nd_timm.hub import WEIGHTS_NAME, build_s4nd_model, packaged_weights_dir
 from s4nd_timm.layers import S4ND
 
+from ._builder import WEIGHTS_NAME, build_s4nd_model, packaged_weights_dir
 from ._common import S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
 
 __all__ = ['S4NDIsotropic']
@@ -285,7 +285,7 @@ def _init_weights(module: nn.Module) -> None:
 
 # The '.synthetic' weights are trained by the main job (s4nd-demo, train/main_job.py) at 8 px with these arguments,
 # so the tag names this model: create_model('<name>.synthetic') builds it (arguments passed explicitly still win,
-# and loading the weights into a model built otherwise is refused, s4nd_timm.hub). timm drops None-valued
+# and loading the weights into a model built otherwise is refused, ._builder). timm drops None-valued
 # arguments, so bandlimit=None cannot undo the tag's bandlimit: build the bare architecture name for that.
 TAG_MODEL_ARGS = {
     's4nd_iso_cifar_small.synthetic': dict(img_size=8, bandlimit=0.2),

@@ -32,9 +32,9 @@ from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from s4nd_timm.hub import build_s4nd_model
 from s4nd_timm.layers import S4ND
 
+from ._builder import build_s4nd_model
 from ._common import IN1K_CFG, S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
 
 __all__ = ['S4NDVisionTransformer', 'S4NDViTBlock', 'checkpoint_filter_fn']
