@@ -161,8 +161,8 @@ def render_model_card(
                         "cards_dir=: writing a minimal card for '%s'", name)
     input_size = tuple(cfg.get('input_size') or ())
     args = model_args_of(model)
-    if 'img_size' in args:
-        size = tuple(to_2tuple(args['img_size']))
+    size = _base_input_size(args, cfg)
+    if size is not None:
         input_size = (args.get('in_chans', input_size[0] if input_size else 3), *size)
     values = {
         'model_name': name, 'architecture': arch, 'tag': tag or '(none)', 'dataset': _DATASETS.get(tag, 'unknown'),
@@ -216,11 +216,23 @@ def atomic_directory(directory: Union[str, Path], overwrite: bool = False) -> It
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _base_input_size(model_args: Mapping[str, Any], cfg: Mapping[str, Any]) -> Optional[list]:
+    """The input size without channels, [H, W] or [T, H, W] for video, that the model was built for (``img_size``,
+    ``num_frames``; the other from ``cfg['input_size']``), or None when neither argument was given."""
+    if model_args.get('img_size') is None and not model_args.get('num_frames'):
+        return None
+    old = list(cfg.get('input_size') or [])[1:]
+    spatial = list(to_2tuple(model_args['img_size'])) if model_args.get('img_size') is not None else old[-2:]
+    frames = [model_args['num_frames']] if model_args.get('num_frames') else old[:-2]
+    return [*frames, *spatial]
+
+
 def _describe_saved_model(config_path: Path, model: nn.Module, model_args: Mapping[str, Any]) -> None:
     """config.json's pretrained_cfg must describe the saved model, not the registry tag it was built from: timm
     copies the tag's class count, input channels and input size (e.g. 1000 classes for a model re-headed to 10, or
     32 px for a model built with img_size=8). Rewrites them from the model (inside save_pretrained's temporary
-    folder): the classifier, in_chans, and the input size from ``img_size`` (test size and pool size follow it)."""
+    folder): the classifier, in_chans, and the input size from ``img_size`` / ``num_frames`` (test size and pool size
+    follow it)."""
     config = json.loads(config_path.read_text(encoding='utf-8'))
     cfg = config.get('pretrained_cfg') or {}
     before = json.dumps(cfg, sort_keys=True)
@@ -229,20 +241,25 @@ def _describe_saved_model(config_path: Path, model: nn.Module, model_args: Mappi
         cfg['num_classes'] = num_classes
         for key in ('label_names', 'label_descriptions', 'label_offset'):
             cfg.pop(key, None)
-    size = model_args.get('img_size')
-    size = to_2tuple(size) if size is not None else None
-    if isinstance(size, (list, tuple)) and len(size) == 2:
-        size = list(size)
-        old = (cfg.get('input_size') or [None])[1:]
-        if old != size:
-            pool = cfg.get('pool_size')
-            strides = [o // p for o, p in zip(old, pool)] if pool and len(old) == 2 else None
-            if strides and all(st and s % st == 0 for s, st in zip(size, strides)):
-                cfg['pool_size'] = [s // st for s, st in zip(size, strides)]  # same total stride
+    built = dict(getattr(model, 'pretrained_cfg', None) or {})  # the registry cfg the model was built with
+    base = list(built.get('input_size') or [])[1:]
+    size = _base_input_size(model_args, built) or base
+    if size:
+        if size == base:
+            want = {'input_size': built['input_size'], 'pool_size': built.get('pool_size'),
+                    'test_input_size': built.get('test_input_size') or built['input_size']}
+        else:  # built at another size: the same total stride gives the pool size
+            pool = built.get('pool_size')
+            strides = [o // p for o, p in zip(base, pool)] if pool and len(base) == len(pool) == len(size) else None
+            fits = strides and all(st and s % st == 0 for s, st in zip(size, strides))
+            # the registry's test size belongs to its own input size
+            want = {'input_size': [3, *size], 'test_input_size': [3, *size],
+                    'pool_size': [s // st for s, st in zip(size, strides)] if fits else None}
+        for key, value in want.items():
+            if value is None:
+                cfg.pop(key, None)
             else:
-                cfg.pop('pool_size', None)
-            cfg['input_size'] = [3, *size]
-            cfg['test_input_size'] = [3, *size]  # the registry's test size belongs to its own input size
+                cfg[key] = list(value)
     if isinstance(in_chans, int):
         for key in ('input_size', 'test_input_size', 'min_input_size'):
             if cfg.get(key) and cfg[key][0] != in_chans:

@@ -83,7 +83,7 @@ def test_pretrained_cfg(model_name):
     assert cfg.test_input_size is not None
     family = _family(model_name)
     if family != 'vit':  # pool_size = input_size / total stride (the video cfg: (T/2, H/32, W/32), T = 30)
-        want = tuple(n // STRIDE[family] for n in cfg.input_size[1:])
+        want = tuple(n // STRIDE[family] for n in cfg.input_size[-2:])
         assert tuple(cfg.pool_size[-2:]) == want
     data_cfg = timm.data.resolve_data_config({}, model=_create(model_name))
     assert data_cfg['mean'] == cfg.mean and data_cfg['crop_pct'] == cfg.crop_pct

@@ -276,6 +276,10 @@ def build_s4nd_model(
     cfg = _resolve_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     name = _cfg_name(variant, cfg)
     kwargs = {**(tag_model_args or {}).get(name, {}), **kwargs}
+    clip = tuple(cfg['input_size']) if len(cfg.get('input_size') or ()) == 4 else None
+    if clip is not None:  # video (C, T, H, W): timm's builder reads a (C, H, W) input_size; restored after the build
+        kwargs['pretrained_cfg_overlay'] = {**(kwargs.get('pretrained_cfg_overlay') or {}),
+                                            'input_size': (clip[0], *clip[-2:])}
     model_kwargs = {k: v for k, v in kwargs.items() if k not in _BUILD_ONLY}
     from_config = kwargs.get('pretrained_model_args') or {}  # a local-dir: / hf-hub: folder's config.json model_args
     _check_model_kwargs(model_cls, model_kwargs, name, from_config, f"the config.json of {cfg.get('file') or name}")
@@ -325,6 +329,10 @@ def build_s4nd_model(
                 f"or nothing).") from e
     else:
         model = build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    if clip is not None:
+        for m in model.modules():  # the model and, for features_only, the wrapped one
+            if isinstance(getattr(m, 'pretrained_cfg', None), dict):
+                m.pretrained_cfg['input_size'] = clip
     recorded = {}
     for k, v in model_kwargs.items():
         try:

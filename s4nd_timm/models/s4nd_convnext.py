@@ -581,9 +581,10 @@ default_cfgs = s4nd_default_cfgs(
         's4nd_convnext_tiny.in1k': {},
         's4nd_convnext_small.in1k': {},
         's4nd_convnext_base.in1k': {},
+        # video: input_size is (C, T, H, W); timm's data config carries it unchanged, its transforms use the last two
         's4nd_convnext_tiny_3d.in1k_ft_hmdb51': dict(
-            num_classes=51, pool_size=(15, 7, 7), crop_pct=1.0,
-            notes=('video: input (B, 3, T, H, W), T = num_frames = 30 (15 after the stem)',)),
+            num_classes=51, input_size=(3, 30, 224, 224), test_input_size=(3, 30, 224, 224), pool_size=(15, 7, 7),
+            crop_pct=1.0, notes=('video: input (B, 3, T, H, W), T = num_frames = 30 (15 after the stem)',)),
     })
 
 
