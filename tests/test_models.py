@@ -307,6 +307,29 @@ def test_clear_errors():
         _create('s4nd_iso_cifar', global_pool='')
 
 
+@pytest.mark.parametrize('family', ['s4nd_convnext_tiny', 's4nd_vit_tiny_patch16', 's4nd_iso_cifar'])
+def test_negative_num_classes_refused(family):
+    with pytest.raises(ValueError, match=r'num_classes must be an int >= 0.*got -1'):
+        _create(family, num_classes=-1)
+    model = _create(family)
+    with pytest.raises(ValueError, match=r'num_classes must be an int >= 0.*got -3'):
+        model.reset_classifier(-3)
+
+
+def test_empty_batch_and_zero_length_axis_are_one_clear_error():
+    """No 'math domain error' / FFT error from deep inside: the layer names the empty axis."""
+    layer = S4ND(8, ndim=2, d_state=4, l_max=8)
+    with pytest.raises(ValueError, match=r'no elements along B; every axis needs length >= 1'):
+        layer(torch.randn(0, 8, 8, 8))
+    with pytest.raises(ValueError, match=r'no elements along H, W'):
+        layer(torch.randn(1, 8, 0, 0))
+    last = S4ND(8, ndim=3, d_state=4, layout='channels_last', l_max=4)
+    with pytest.raises(ValueError, match=r'no elements along T'):
+        last(torch.randn(1, 0, 4, 4, 8))
+    with pytest.raises(ValueError, match='no elements along B'):
+        _create('s4nd_iso_cifar')(torch.randn(0, 3, 16, 16))
+
+
 def test_torch_compile_no_graph_breaks():
     """torch.compile traces the S4ND models in one graph (checked with dynamo's explain and fullgraph=True)."""
     for name in ('s4nd_convnext_tiny', 's4nd_vit_tiny_patch16', 's4nd_iso_cifar'):

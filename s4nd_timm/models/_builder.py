@@ -323,8 +323,9 @@ def build_s4nd_model(
             ) from e
         except _file_errors() as e:
             detail = str(e).strip().splitlines()[0] if str(e).strip() else 'no details'
+            where = f"the folder {loc}" if kind == 'local-dir' else loc
             raise ValueError(
-                f"the weights of '{name}' in {loc} cannot be read ({type(e).__name__}: {detail}): the file is "
+                f"the weights of '{name}' in {where} cannot be read ({type(e).__name__}: {detail}): the file is "
                 f"truncated or corrupt. Download or save it again (s4nd_timm.hub.save_pretrained writes whole files "
                 f"or nothing).") from e
     else:
