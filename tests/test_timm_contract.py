@@ -7,6 +7,10 @@ Small widths throughout (CPU CI); base / large registered sizes are checked thro
 """
 import inspect
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -305,3 +309,46 @@ def test_vit_matches_a_float64_reimplementation_of_the_reference_block_stack():
         for backend in ('fft', 'matmul'):
             model.s4nd_backend = backend
             torch.testing.assert_close(model(x), want, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ timm's scripts
+@pytest.mark.skipif(not os.environ.get('TIMM_SCRIPTS'), reason="timm's train.py / validate.py / benchmark.py are not "
+                    "in the timm wheel; set TIMM_SCRIPTS to a pytorch-image-models checkout to run this")
+def test_timms_scripts_run_s4nd_models(tmp_path):
+    """train.py with --device-modules s4nd_timm; validate.py and benchmark.py through runpy after import s4nd_timm
+    (the routes train/README.md gives), on a 2-class folder of 16 px images."""
+    from PIL import Image
+    scripts = Path(os.environ['TIMM_SCRIPTS'])
+    g = torch.Generator().manual_seed(0)
+    for split in ('train', 'validation'):
+        for label in ('a', 'b'):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(4):
+                pixels = torch.randint(0, 256, (16, 16, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / split / label / f'{i}.png')
+    model = ['--model', 's4nd_iso_cifar_small', '--model-kwargs', 'd_model=8', 'depth=1', 'd_state=4', 'img_size=16',
+             '--img-size', '16', '--device', 'cpu']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+
+    def run(script, *args):
+        code = f"import runpy, sys, s4nd_timm; sys.argv[0] = {str(scripts / script)!r}; " \
+               f"runpy.run_path(sys.argv[0], run_name='__main__')"
+        done = subprocess.run([sys.executable, '-c', code, *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    train = subprocess.run(
+        [sys.executable, str(scripts / 'train.py'), str(tmp_path), '--device-modules', 's4nd_timm', *model,
+         '--num-classes', '2', '-b', '4', '--epochs', '1', '-j', '0', '--val-split', 'validation', '--output',
+         str(tmp_path / 'out'), '--experiment', 'run'], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    checkpoint = tmp_path / 'out' / 'run' / 'model_best.pth.tar'
+    assert checkpoint.is_file()
+    out = run('validate.py', str(tmp_path), '--split', 'validation', *model, '--num-classes', '2', '-b', '4', '-j',
+              '0', '--checkpoint', str(checkpoint))
+    assert '"top1"' in out
+    out = run('benchmark.py', *model, '-b', '2', '--bench', 'inference', '--num-bench-iter', '10',
+              '--num-warm-iter', '1')
+    assert 'infer_samples_per_sec' in out
