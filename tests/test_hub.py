@@ -283,3 +283,21 @@ def test_the_card_hint_names_the_installed_card():
     hint = _card_hint('s4nd_vit_tiny_patch16.in1k')
     assert hint and str(cards / 's4nd_vit_tiny_patch16.in1k.md') in hint
     assert _card_hint('s4nd_vit_tiny_patch16.no_such_tag') == ''
+
+
+def test_the_card_hint_is_there_in_a_wheel_install(tmp_path):
+    """Unpacked wheel first on the path (no source tree): the hint still names the card, inside the package."""
+    import zipfile
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w',
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    wheel, = tmp_path.glob('s4nd_timm-*.whl')
+    site = tmp_path / 'site'
+    zipfile.ZipFile(wheel).extractall(site)
+    code = ("import s4nd_timm, s4nd_timm.models._builder as b; print(s4nd_timm.__file__); "
+            "print(b._card_hint('s4nd_vit_tiny_patch16.in1k'))")
+    run = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(site)))
+    assert run.returncode == 0, run.stderr[-2000:]
+    where, hint = run.stdout.strip().splitlines()[-2:]
+    assert where.startswith(str(site)), where
+    assert str(site / 's4nd_timm' / 'model_cards' / 's4nd_vit_tiny_patch16.in1k.md') in hint, hint
