@@ -411,3 +411,21 @@ def test_registered_size_forward_backward(model_name):
     out.mean().backward()
     assert out.shape == (2, 7) and not torch.isnan(out).any()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_models_never_import_hub_train_or_convert():
+    """Dependency arrows: kernels <- layers <- models <- (hub, convert, train); read from the models' imports."""
+    import ast
+    from pathlib import Path
+    package = Path(s4nd_timm.models.__file__).parent
+    for path in package.glob('*.py'):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [('.' * node.level) + (node.module or '')]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(('s4nd_timm.hub', 's4nd_timm.train', 's4nd_timm.convert', '..')), \
+                    (path.name, name)
