@@ -281,8 +281,11 @@ def build_s4nd_model(
         kwargs['pretrained_cfg_overlay'] = {**(kwargs.get('pretrained_cfg_overlay') or {}),
                                             'input_size': (clip[0], *clip[-2:])}
     model_kwargs = {k: v for k, v in kwargs.items() if k not in _BUILD_ONLY}
-    from_config = kwargs.get('pretrained_model_args') or {}  # a local-dir: / hf-hub: folder's config.json model_args
-    _check_model_kwargs(model_cls, model_kwargs, name, from_config, f"the config.json of {cfg.get('file') or name}")
+    # a local-dir: / hf-hub: folder's config.json model_args (timm >= 1.0.31 names them; older: any with that source)
+    from_config = kwargs.get('pretrained_model_args') or (
+        model_kwargs if cfg.get('source') in ('local-dir', 'hf-hub') else {})
+    _check_model_kwargs(model_cls, model_kwargs, name, from_config,
+                        f"the config.json of {cfg.get('file') or cfg.get('hf_hub_id') or name}")
     if pretrained:
         kind, loc = _source(cfg)
         if not kind:
