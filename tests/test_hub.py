@@ -240,3 +240,64 @@ def test_shipped_weights_load_by_tag_offline(name, monkeypatch):
     assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), by_tag.state_dict().values()))
     meta, body = _front_matter((folder / 'README.md').read_text())
     assert meta['library_name'] == 'timm' and 'Top-1' in body
+
+
+def _saved_small(tmp_path, name='m'):
+    return save_pretrained(timm.create_model('s4nd_iso_cifar_small', **SMALL), tmp_path / name)
+
+
+def test_truncated_weights_are_one_value_error_naming_the_file(tmp_path):
+    folder = _saved_small(tmp_path)
+    weights = folder / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=rf"{re.escape(str(weights))} cannot be read.*truncated or corrupt"):
+        timm.create_model('s4nd_iso_cifar_small', pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)),
+                          **SMALL)
+    with pytest.raises(ValueError, match=rf"the folder {re.escape(str(folder))} cannot be read.*SafetensorError"):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+
+
+def test_broken_config_next_to_the_weights_is_one_value_error_naming_it(tmp_path):
+    folder = _saved_small(tmp_path)
+    (folder / 'config.json').write_text('{"architecture": ')
+    with pytest.raises(ValueError, match=rf"{re.escape(str(folder / 'config.json'))} .*cannot be read.*JSONDecode"):
+        timm.create_model('s4nd_iso_cifar_small', pretrained=True, **SMALL,
+                          pretrained_cfg_overlay=dict(file=str(folder / 'model.safetensors')))
+
+
+def test_config_of_another_architecture_and_unknown_arguments_are_named(tmp_path):
+    folder = _saved_small(tmp_path)
+    config = json.loads((folder / 'config.json').read_text())
+    (folder / 'config.json').write_text(json.dumps(dict(config, architecture='s4nd_vit_tiny_patch16')))
+    with pytest.raises(ValueError, match=r"does not take the argument\(s\) \['d_model', 'mixer'\].*config\.json"):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    with pytest.raises(ValueError, match=r"S4NDIsotropic\) does not take the argument\(s\) \['foo'\]"):
+        timm.create_model('s4nd_iso_cifar_small', foo=1)
+
+
+def test_the_card_hint_names_the_installed_card():
+    """The hint comes from the model cards installed with the package (package data), so a wheel has it too."""
+    from s4nd_timm.models._builder import _card_hint, model_cards_dir
+    cards = model_cards_dir()
+    assert cards is not None and (cards / '_template.md').is_file()
+    hint = _card_hint('s4nd_vit_tiny_patch16.in1k')
+    assert hint and str(cards / 's4nd_vit_tiny_patch16.in1k.md') in hint
+    assert _card_hint('s4nd_vit_tiny_patch16.no_such_tag') == ''
+
+
+def test_the_card_hint_is_there_in_a_wheel_install(tmp_path):
+    """Unpacked wheel first on the path (no source tree): the hint still names the card, inside the package."""
+    import zipfile
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w',
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    wheel, = tmp_path.glob('s4nd_timm-*.whl')
+    site = tmp_path / 'site'
+    zipfile.ZipFile(wheel).extractall(site)
+    code = ("import s4nd_timm, s4nd_timm.models._builder as b; print(s4nd_timm.__file__); "
+            "print(b._card_hint('s4nd_vit_tiny_patch16.in1k'))")
+    run = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(site)))
+    assert run.returncode == 0, run.stderr[-2000:]
+    where, hint = run.stdout.strip().splitlines()[-2:]
+    assert where.startswith(str(site)), where
+    assert str(site / 's4nd_timm' / 'model_cards' / 's4nd_vit_tiny_patch16.in1k.md') in hint, hint

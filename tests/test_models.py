@@ -83,7 +83,7 @@ def test_pretrained_cfg(model_name):
     assert cfg.test_input_size is not None
     family = _family(model_name)
     if family != 'vit':  # pool_size = input_size / total stride (the video cfg: (T/2, H/32, W/32), T = 30)
-        want = tuple(n // STRIDE[family] for n in cfg.input_size[1:])
+        want = tuple(n // STRIDE[family] for n in cfg.input_size[-2:])
         assert tuple(cfg.pool_size[-2:]) == want
     data_cfg = timm.data.resolve_data_config({}, model=_create(model_name))
     assert data_cfg['mean'] == cfg.mean and data_cfg['crop_pct'] == cfg.crop_pct
@@ -307,6 +307,29 @@ def test_clear_errors():
         _create('s4nd_iso_cifar', global_pool='')
 
 
+@pytest.mark.parametrize('family', ['s4nd_convnext_tiny', 's4nd_vit_tiny_patch16', 's4nd_iso_cifar'])
+def test_negative_num_classes_refused(family):
+    with pytest.raises(ValueError, match=r'num_classes must be an int >= 0.*got -1'):
+        _create(family, num_classes=-1)
+    model = _create(family)
+    with pytest.raises(ValueError, match=r'num_classes must be an int >= 0.*got -3'):
+        model.reset_classifier(-3)
+
+
+def test_empty_batch_and_zero_length_axis_are_one_clear_error():
+    """No 'math domain error' / FFT error from deep inside: the layer names the empty axis."""
+    layer = S4ND(8, ndim=2, d_state=4, l_max=8)
+    with pytest.raises(ValueError, match=r'no elements along B; every axis needs length >= 1'):
+        layer(torch.randn(0, 8, 8, 8))
+    with pytest.raises(ValueError, match=r'no elements along H, W'):
+        layer(torch.randn(1, 8, 0, 0))
+    last = S4ND(8, ndim=3, d_state=4, layout='channels_last', l_max=4)
+    with pytest.raises(ValueError, match=r'no elements along T'):
+        last(torch.randn(1, 0, 4, 4, 8))
+    with pytest.raises(ValueError, match='no elements along B'):
+        _create('s4nd_iso_cifar')(torch.randn(0, 3, 16, 16))
+
+
 def test_torch_compile_no_graph_breaks():
     """torch.compile traces the S4ND models in one graph (checked with dynamo's explain and fullgraph=True)."""
     for name in ('s4nd_convnext_tiny', 's4nd_vit_tiny_patch16', 's4nd_iso_cifar'):
@@ -388,3 +411,21 @@ def test_registered_size_forward_backward(model_name):
     out.mean().backward()
     assert out.shape == (2, 7) and not torch.isnan(out).any()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_models_never_import_hub_train_or_convert():
+    """Dependency arrows: kernels <- layers <- models <- (hub, convert, train); read from the models' imports."""
+    import ast
+    from pathlib import Path
+    package = Path(s4nd_timm.models.__file__).parent
+    for path in package.glob('*.py'):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [('.' * node.level) + (node.module or '')]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(('s4nd_timm.hub', 's4nd_timm.train', 's4nd_timm.convert', '..')), \
+                    (path.name, name)

@@ -258,11 +258,19 @@ class S4ND(nn.Module):
             for kern, n, t, r in zip(self.kernel, lengths, taps, rates)]
 
     def _check_input(self, x: Tensor) -> None:
+        """(B, dim, *spatial) (or channels-last) with B and every spatial length >= 1, else one ValueError."""
+        axes = ('L',) if self.ndim == 1 else ('H', 'W') if self.ndim == 2 else ('T', 'H', 'W')
         if x.dim() == self.ndim + 2:
             feat = x.shape[1] if self.layout == 'channels_first' else x.shape[-1]
             if feat == self.dim:
-                return
-        axes = ('L',) if self.ndim == 1 else ('H', 'W') if self.ndim == 2 else ('T', 'H', 'W')
+                spatial = x.shape[2:] if self.layout == 'channels_first' else x.shape[1:-1]
+                empty = [name for name, n in zip(('B',) + axes, (x.shape[0],) + tuple(spatial)) if n == 0]
+                if not empty:
+                    return
+                raise ValueError(
+                    f"S4ND(ndim={self.ndim}) got an input of shape {tuple(x.shape)} with no elements along "
+                    f"{', '.join(empty)}; every axis needs length >= 1 (pass at least one sample, and images / "
+                    f"clips of at least one pixel / frame per axis).")
         want = ('B', f'C={self.dim}') + axes if self.layout == 'channels_first' else ('B',) + axes + (f'C={self.dim}',)
         hint = ("Channels-last input? pass layout='channels_last'." if self.layout == 'channels_first'
                 else "Channels-first input? pass layout='channels_first'.")

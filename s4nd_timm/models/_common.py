@@ -1,22 +1,37 @@
-"""Pieces shared by the S4ND model families: S4ND argument bundle, model-wide S4ND settings.
+"""Pieces shared by the S4ND model families: S4ND argument bundle, model-wide S4ND settings, the tracing contract.
 
 Every model passes the same SSM settings to each of its S4ND layers (docs/design.md §7: one kernel family,
 init, d_state and Δ range per model). ``s4nd_layer_args`` validates them once and returns the
 keyword bundle the model files hand to ``S4ND``; ``S4NDModelMixin`` gives every model the same
 knobs on a built model: ``s4nd_resolution``, ``s4nd_backend`` and a ``no_weight_decay`` that
 lists the SSM tensors (the layer marks them, docs/design.md §3 "Optimizer hooks").
+
+torch.fx (timm's ``create_feature_extractor``, ``features_only=True, feature_cls='fx'``): ``S4ND`` is a leaf module
+(``register_notrace_module``), so its shape checks and kernel generation run on the real input; the models' own
+input checks are leaf functions (``register_notrace_function``). TorchScript is refused with one message
+(``S4NDModelMixin.__prepare_scriptable__``): torch.export and ONNX are the export paths (docs/models.md).
 """
 from typing import Any, Dict, Iterator, Mapping, Optional, Set
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import register_notrace_module
 from timm.models import generate_default_cfgs
 
-from s4nd_timm.hub import HF_ORG
 from s4nd_timm.layers import S4ND
+from s4nd_timm.layers.s4nd import RESOLUTIONS
 
-__all__ = ['IN1K_CFG', 'PAPER_CFG', 'RESOLUTION_MODES', 's4nd_default_cfgs', 's4nd_layer_args', 'S4NDModelMixin']
+from ._builder import HF_ORG
 
-RESOLUTION_MODES = ('continuous', 'discrete')
+__all__ = [
+    'IN1K_CFG', 'PAPER_CFG', 'check_num_classes', 's4nd_default_cfgs', 's4nd_layer_args', 'S4NDModelMixin']
+
+register_notrace_module(S4ND)  # torch.fx leaf: shape-dependent kernel generation runs on the real input
+
+TORCHSCRIPT_UNSUPPORTED = (
+    "TorchScript is not supported by the s4nd_* models (the S4ND layer's Python, e.g. per-axis tuples with None, "
+    "backend selection by shape and complex kernel generation, is outside TorchScript's subset, and PyTorch "
+    "deprecates TorchScript). Export with torch.export.export(model, (x,)) after model.s4nd_backend = 'matmul', or "
+    "to ONNX after s4nd_timm.models.freeze_s4nd_kernels(model, x); see docs/models.md, 'Export'.")
 # pretrained_cfg fields shared by every s4nd_* model
 PAPER_CFG = {
     'license': 'apache-2.0',
@@ -53,13 +68,19 @@ def s4nd_layer_args(
 ) -> Dict:
     """Keyword arguments shared by every S4ND of one model (the per-site ones, dim, ndim, l_max,
     activation, postact, layout, are added where the layer is built)."""
-    if resolution not in RESOLUTION_MODES:
-        raise ValueError(f"s4nd_resolution={resolution!r} is not supported; expected one of {RESOLUTION_MODES}")
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"s4nd_resolution={resolution!r} is not supported; expected one of {RESOLUTIONS}")
     if not 0 < dt_min <= dt_max:
         raise ValueError(f"need 0 < dt_min <= dt_max; got dt_min={dt_min}, dt_max={dt_max}")
     return dict(
         d_state=d_state, dt_min=dt_min, dt_max=dt_max, bandlimit=bandlimit, ssm_lr=ssm_lr,
         mode=mode, init=init, backend=backend, resolution=resolution)
+
+
+def check_num_classes(num_classes: int) -> None:
+    """num_classes >= 0 (0: no classifier)."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0 (0: no classifier, pooled features); got {num_classes!r}")
 
 
 class S4NDModelMixin:
@@ -81,8 +102,8 @@ class S4NDModelMixin:
 
     @s4nd_resolution.setter
     def s4nd_resolution(self, value: str) -> None:
-        if value not in RESOLUTION_MODES:
-            raise ValueError(f"s4nd_resolution={value!r} is not supported; expected one of {RESOLUTION_MODES}")
+        if value not in RESOLUTIONS:
+            raise ValueError(f"s4nd_resolution={value!r} is not supported; expected one of {RESOLUTIONS}")
         self._s4nd_resolution = value
         for layer in self.s4nd_layers():
             layer.resolution = value
@@ -96,6 +117,10 @@ class S4NDModelMixin:
     def s4nd_backend(self, value: str) -> None:
         for layer in self.s4nd_layers():
             layer.backend = value
+
+    def __prepare_scriptable__(self):
+        """Called by ``torch.jit.script`` before compiling: refuse with the export paths that work."""
+        raise RuntimeError(TORCHSCRIPT_UNSUPPORTED)
 
     def no_weight_decay(self) -> Set[str]:
         """Names of the SSM tensors (Δ, A, B and DPLR's P): no weight decay, as in the reference.

@@ -22,21 +22,21 @@ the key map is docs/design.md §8).
 import math
 import re
 from functools import partial
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_function, to_2tuple, trunc_normal_
 from timm.models import register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from s4nd_timm.hub import build_s4nd_model
 from s4nd_timm.layers import S4ND
 
-from ._common import IN1K_CFG, S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
+from ._builder import build_s4nd_model
+from ._common import IN1K_CFG, S4NDModelMixin, check_num_classes, s4nd_default_cfgs, s4nd_layer_args
 from ._reference_keys import (
     S4ND_LAYER, ReferenceKeys, Rule, accept_reference_checkpoints, filter_reference, rename_reference)
 
@@ -112,14 +112,14 @@ class S4NDStem(nn.Module):
             self, in_chs: int, out_chs: int, patch: Tuple[int, ...], stem_chs: int, l_max: Sequence[int],
             s4nd_args: Dict, temporal_args: Optional[Dict]):
         super().__init__()
-        self.in_chs, self.stem_chs = in_chs, stem_chs
+        self.in_chs, self.stem_chs, self.ndim = in_chs, stem_chs, len(patch)
         self.conv = _s4nd(in_chs * stem_chs, len(patch), l_max, s4nd_args, temporal_args)
         self.pool = _avg_pool_nd(len(patch), patch)
         self.proj = nn.Linear(stem_chs, 2 * out_chs)
         self.norm = LayerNormNd(out_chs, eps=1e-6)
 
     def forward(self, x: Tensor, rate: Rate = None) -> Tensor:
-        y = self.conv(x.repeat((1, self.stem_chs) + (1,) * (x.dim() - 2)), rate=rate)
+        y = self.conv(x.repeat((1, self.stem_chs) + (1,) * self.ndim), rate=rate)
         y = y.unflatten(1, (self.stem_chs, self.in_chs)).sum(2)
         y = self.pool(y).movedim(1, -1)
         return self.norm(F.glu(self.proj(y), dim=-1).movedim(-1, 1))
@@ -265,11 +265,10 @@ class S4NDClassifierHead(nn.Module):
         self.fc = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        dims = tuple(range(2, x.dim()))
         if self.pool_type == 'avg':
-            x = self.norm(x.mean(dims))
+            x = self.norm(x.flatten(2).mean(-1))
         elif self.pool_type == 'max':
-            x = self.norm(x.amax(dims))
+            x = self.norm(x.flatten(2).amax(-1))
         else:
             x = self.norm(x.movedim(1, -1)).movedim(-1, 1)
         x = self.drop(x)
@@ -351,7 +350,8 @@ class S4NDConvNeXt(S4NDModelMixin, nn.Module):
                 f"downsample_type={downsample_type!r} is not supported; expected one of {DOWNSAMPLE_TYPES}")
         if len(depths) != len(dims):
             raise ValueError(f"depths and dims need one entry per stage; got {depths} and {dims}")
-        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        check_num_classes(num_classes)
+        img_size = tuple(to_2tuple(img_size))
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -414,31 +414,13 @@ class S4NDConvNeXt(S4NDModelMixin, nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        check_num_classes(num_classes)
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 
     def _rate(self, x: Tensor, rate: Rate) -> Rate:
         """Check the input; the per-axis rate every S4ND gets (the override, or the resolution mode's)."""
-        if x.dim() != self.ndim + 2 or x.shape[1] != self.in_chans:
-            axes = 'H, W' if self.ndim == 2 else 'T, H, W'
-            if x.dim() == self.ndim + 2:
-                hint = f"Other channel count? create the model with in_chans={x.shape[1]}."
-            elif self.ndim == 2:
-                hint = "Video (B, C, T, H, W)? use s4nd_convnext_tiny_3d."
-            else:
-                hint = "Images? use the 2-D model (s4nd_convnext_tiny), or pass clips (B, C, T, H, W)."
-            raise ValueError(
-                f"{type(self).__name__} ({self.ndim}-D) expects (B, {self.in_chans}, {axes}); "
-                f"got {tuple(x.shape)}. {hint}")
-        spatial = tuple(x.shape[2:])
-        if any(n < m for n, m in zip(spatial, self.min_size)):
-            raise ValueError(
-                f"input {spatial} is too small: each axis needs at least {self.min_size} (stem patch x 2^(stages-1)).")
-        if rate is not None:
-            return rate
-        if self.s4nd_resolution == 'discrete':
-            return 1.0
-        return tuple(b / n for b, n in zip(self.base_size, spatial))
+        return checked_rate(x, rate, self.in_chans, self.min_size, self.base_size, self.s4nd_resolution)
 
     def forward_intermediates(
             self,
@@ -514,6 +496,38 @@ class S4NDConvNeXt(S4NDModelMixin, nn.Module):
         discrete), a float, or one per axis (T, H, W), r = base / actual (docs/design.md §5).
         """
         return self.forward_head(self.forward_features(x, rate))
+
+
+# a leaf under torch.fx (timm's tracer): the checks run on the real input; a public name (FX wraps no '_' names)
+@register_notrace_function
+def checked_rate(
+        x: Tensor, rate: Rate, in_chans: int, min_size: Tuple[int, ...], base_size: Tuple[int, ...],
+        resolution: str) -> Tuple[float, ...]:
+    """Check a (B, in_chans, [T,] H, W) input; the per-axis rate of every S4ND: the override ``rate``, or the
+    layer's rule for the resolution mode with the model's base size as l_max (``S4ND.rates``)."""
+    ndim = len(base_size)
+    if x.dim() != ndim + 2 or x.shape[1] != in_chans:
+        axes = 'H, W' if ndim == 2 else 'T, H, W'
+        if x.dim() == ndim + 2:
+            hint = f"Other channel count? create the model with in_chans={x.shape[1]}."
+        elif ndim == 2:
+            hint = "Video (B, C, T, H, W)? use s4nd_convnext_tiny_3d."
+        else:
+            hint = "Images? use the 2-D model (s4nd_convnext_tiny), or pass clips (B, C, T, H, W)."
+        raise ValueError(
+            f"S4NDConvNeXt ({ndim}-D) expects (B, {in_chans}, {axes}); got {tuple(x.shape)}. {hint}")
+    spatial = tuple(x.shape[2:])
+    if any(n < m for n, m in zip(spatial, min_size)):
+        raise ValueError(
+            f"input {spatial} is too small: each axis needs at least {min_size} (stem patch x 2^(stages-1)).")
+    return S4ND.rates(_BaseResolution(ndim, base_size, resolution), spatial, rate)
+
+
+class _BaseResolution(NamedTuple):
+    """What ``S4ND.rates`` reads of a layer, for the whole model: its input's base size is the l_max."""
+    ndim: int
+    l_max: Tuple[int, ...]
+    resolution: str
 
 
 def _init_weights(module: nn.Module, head_init_scale: float = 1.0) -> None:
@@ -613,9 +627,10 @@ default_cfgs = s4nd_default_cfgs(
         's4nd_convnext_tiny.in1k': {},
         's4nd_convnext_small.in1k': {},
         's4nd_convnext_base.in1k': {},
+        # video: input_size is (C, T, H, W); timm's data config carries it unchanged, its transforms use the last two
         's4nd_convnext_tiny_3d.in1k_ft_hmdb51': dict(
-            num_classes=51, pool_size=(15, 7, 7), crop_pct=1.0,
-            notes=('video: input (B, 3, T, H, W), T = num_frames = 30 (15 after the stem)',)),
+            num_classes=51, input_size=(3, 30, 224, 224), test_input_size=(3, 30, 224, 224), pool_size=(15, 7, 7),
+            crop_pct=1.0, notes=('video: input (B, 3, T, H, W), T = num_frames = 30 (15 after the stem)',)),
     })
 
 

@@ -23,16 +23,16 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, register_notrace_function, to_2tuple, trunc_normal_
 from timm.models import register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from s4nd_timm.hub import WEIGHTS_NAME, build_s4nd_model, packaged_weights_dir
 from s4nd_timm.layers import S4ND
 
-from ._common import S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
+from ._builder import WEIGHTS_NAME, build_s4nd_model, packaged_weights_dir
+from ._common import S4NDModelMixin, check_num_classes, s4nd_default_cfgs, s4nd_layer_args
 from ._reference_keys import (
     S4ND_LAYER, ReferenceKeys, Rule, accept_reference_checkpoints, filter_reference, rename_reference)
 
@@ -61,7 +61,7 @@ class TiedDropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        mask = x.new_empty(x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1]).bernoulli_(1.0 - self.p)
+        mask = x.new_empty(x.shape[0], 1, 1, x.shape[-1]).bernoulli_(1.0 - self.p)
         return x * mask / (1.0 - self.p)
 
 
@@ -141,7 +141,7 @@ class S4NDIsotropic(S4NDModelMixin, nn.Module):
             raise ValueError(f"in_chans must be >= 1; got {in_chans}")
         if mixer not in MIXERS:
             raise ValueError(f"mixer={mixer!r} is not supported; expected one of {MIXERS}")
-        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        img_size = tuple(to_2tuple(img_size))
         s4nd_args = s4nd_layer_args(
             d_state, dt_min, dt_max, bandlimit, ssm_lr, s4nd_mode, s4nd_init, s4nd_backend, s4nd_resolution)
         self._s4nd_resolution = s4nd_resolution
@@ -178,6 +178,7 @@ class S4NDIsotropic(S4NDModelMixin, nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        check_num_classes(num_classes)
         if global_pool is not None:
             if global_pool not in ('avg', ''):
                 raise ValueError(f"global_pool={global_pool!r} is not supported; expected 'avg' or ''")
@@ -189,11 +190,7 @@ class S4NDIsotropic(S4NDModelMixin, nn.Module):
 
     def _embed(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, H, W, d_model), after checking the input."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"S4NDIsotropic expects images (B, {self.in_chans}, H, W); got {tuple(x.shape)}. "
-                + (f"Other channel count? create the model with in_chans={x.shape[1]}." if x.dim() == 4 else ''))
-        return self.stem(x).permute(0, 2, 3, 1)
+        return self.stem(checked_images(x, self.in_chans)).permute(0, 2, 3, 1)
 
     def _block(self, block: IsoBlock, x: Tensor, rate: Rate) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
@@ -276,6 +273,17 @@ class S4NDIsotropic(S4NDModelMixin, nn.Module):
         return self.forward_head(self.forward_features(x, rate))
 
 
+# a leaf under torch.fx (timm's tracer): the check runs on the real input; a public name (FX wraps no '_' names)
+@register_notrace_function
+def checked_images(x: Tensor, in_chans: int) -> Tensor:
+    """``x`` if it is (B, in_chans, H, W), else a ValueError saying what was expected."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(
+            f"S4NDIsotropic expects images (B, {in_chans}, H, W); got {tuple(x.shape)}. "
+            + (f"Other channel count? create the model with in_chans={x.shape[1]}." if x.dim() == 4 else ''))
+    return x
+
+
 def _init_weights(module: nn.Module) -> None:
     """Conv and Linear (the S4ND output projections too): truncated normal (std 0.02), zero bias."""
     if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -313,7 +321,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: S4NDIsotropic) ->
 
 # The '.synthetic' weights are trained by the main job (s4nd-demo, train/main_job.py) at 8 px with these arguments,
 # so the tag names this model: create_model('<name>.synthetic') builds it (arguments passed explicitly still win,
-# and loading the weights into a model built otherwise is refused, s4nd_timm.hub). timm drops None-valued
+# and loading the weights into a model built otherwise is refused, ._builder). timm drops None-valued
 # arguments, so bandlimit=None cannot undo the tag's bandlimit: build the bare architecture name for that.
 TAG_MODEL_ARGS = {
     's4nd_iso_cifar_small.synthetic': dict(img_size=8, bandlimit=0.2),

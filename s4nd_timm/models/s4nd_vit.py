@@ -6,7 +6,8 @@ See docs/design.md §7.3 (reference: state-spaces/s4 ViT-S4ND config); the trunk
 timm's ``VisionTransformer`` with ``S4NDViTBlock`` as its ``block_fn``.
 
 Architecture (docs/design.md §7.3): 16x16 patch embedding -> depth x [pre-LN -> S4ND -> drop path -> residual;
-pre-LN -> MLP -> drop path -> residual] -> LayerNorm -> mean pool -> Linear. No class token, no position
+pre-LN -> MLP -> drop path -> residual] -> LayerNorm -> mean pool -> Linear (LayerNorm eps 1e-5, the reference's
+value; timm's ViT uses 1e-6). No class token, no position
 embedding: the S4ND is 1-D over the row-major patch sequence (l_max = number of patches at ``img_size``),
 bidirectional, channels=2, GELU -> Linear(2D -> 2D) -> GLU, d_state 64, Δ in [0.001, 0.1].
 
@@ -22,15 +23,15 @@ from functools import partial
 from typing import Dict, List, Optional, Type
 
 import torch.nn as nn
-from timm.layers import DropPath, LayerScale, Mlp
+from timm.layers import DropPath, LayerScale, Mlp, register_notrace_function, to_2tuple
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from s4nd_timm.hub import build_s4nd_model
 from s4nd_timm.layers import S4ND
 
-from ._common import IN1K_CFG, S4NDModelMixin, s4nd_default_cfgs, s4nd_layer_args
+from ._builder import build_s4nd_model
+from ._common import IN1K_CFG, S4NDModelMixin, check_num_classes, s4nd_default_cfgs, s4nd_layer_args
 from ._reference_keys import (
     S4ND_LAYER, ReferenceKeys, Rule, accept_reference_checkpoints, drop, filter_reference, rename_reference)
 
@@ -39,6 +40,21 @@ __all__ = ['S4NDVisionTransformer', 'S4NDViTBlock', 'checkpoint_filter_fn', 'ref
 # Kernel family and init of every S4ND here: what the reference's configs ran (docs/design.md §6).
 _DEFAULT_MODE = 'dplr'
 _DEFAULT_INIT = 'legs'
+# LayerNorm of the blocks and the final norm: the reference's eps (timm's ViT default is 1e-6)
+_LN_EPS = 1e-5
+
+
+# a leaf under torch.fx (timm's tracer): the check runs on the real arguments; a public name (FX wraps no '_' names)
+@register_notrace_function
+def without_attention_mask(x: Tensor, attn_mask: Optional[Tensor], is_causal: bool) -> Tensor:
+    """``x``; refuses a real ``attn_mask`` or ``is_causal=True`` (S4ND mixes every token with every token)."""
+    if attn_mask is not None or is_causal:
+        raise ValueError(
+            f"S4NDViTBlock has no attention to mask: it takes attn_mask=None, is_causal=False (timm's default); got "
+            f"attn_mask={'a tensor' if attn_mask is not None else None}, is_causal={is_causal}. The S4ND mixer is "
+            f"bidirectional over the whole patch sequence; drop the mask (masked or causal token mixing has no "
+            f"S4ND meaning in this model).")
+    return x
 
 
 class S4NDViTBlock(nn.Module):
@@ -86,7 +102,10 @@ class S4NDViTBlock(nn.Module):
         self.ls2 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+        """(B, N, C) -> (B, N, C). ``attn_mask`` / ``is_causal``: timm's ``Block`` signature (timm >= 1.0.30
+        passes them); only None / False are accepted."""
+        x = without_attention_mask(x, attn_mask, is_causal)
         x = x + self.drop_path1(self.ls1(self.mixer(self.norm1(x))))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
@@ -138,7 +157,8 @@ class S4NDVisionTransformer(S4NDModelMixin, VisionTransformer):
     ):
         if in_chans < 1:
             raise ValueError(f"in_chans must be >= 1; got {in_chans}")
-        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        check_num_classes(num_classes)
+        size = to_2tuple(img_size)
         if size[0] % patch_size or size[1] % patch_size:
             raise ValueError(f"img_size {size} must be a multiple of patch_size={patch_size} (it sets l_max)")
         l_max = (size[0] // patch_size) * (size[1] // patch_size)
@@ -149,9 +169,14 @@ class S4NDVisionTransformer(S4NDModelMixin, VisionTransformer):
             global_pool=global_pool, embed_dim=embed_dim, depth=depth, mlp_ratio=mlp_ratio, init_values=init_values,
             class_token=False, pos_embed='none', fc_norm=False, dynamic_img_size=True, dynamic_img_pad=dynamic_img_pad,
             drop_rate=drop_rate, proj_drop_rate=proj_drop_rate, drop_path_rate=drop_path_rate, weight_init=weight_init,
+            norm_layer=partial(nn.LayerNorm, eps=_LN_EPS),
             block_fn=partial(S4NDViTBlock, l_max=l_max, channels=s4nd_channels, s4nd_args=s4nd_args))
         self.in_chans = in_chans
         self._s4nd_resolution = s4nd_resolution
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        check_num_classes(num_classes)
+        super().reset_classifier(num_classes, global_pool)
 
 
 def _reference_norm(m: re.Match) -> str:

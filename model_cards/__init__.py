@@ -1,0 +1,1 @@
+"""Model cards of the s4nd_* weights (package data, read with importlib.resources)."""
