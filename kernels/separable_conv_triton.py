@@ -10,7 +10,7 @@ of every row (a row: one (b, channel) and one index of each other axis), T[p, q]
     forward:   Z_1 = T_d X (H -> c H channels, channel c H + h reads h), Z_{i+1} = T_{d-i} Z_i, Y = T_1 Z_{d-1} + D X
     backward:  dZ_{d-1} = T_1^T dY, ..., dX = sum_c T_d^T dZ_1 + sum_c D dY (the adjoint chain, same pass kernel)
                dk_i[L_i-1+j] = sum over rows of sum_{p-q=j} dOut_i[r, p] In_i[r, q] (``_tap_grad_kernel``),
-               dD = sum <dY, X> (torch), the pass inputs Z_i recomputed in the backward.
+               dD = sum <dY, X> (torch einsum), the pass inputs Z_i recomputed in the backward.
 Both kernels are tiled: a program owns a (BR rows, BL outputs) tile and loops over the input axis in blocks of BL
 (``_pass_kernel``), or one (BL, BL) block of the Toeplitz gradient summed over a chunk of rows
 (``_tap_grad_kernel``), so the tile size, not the axis length, sets the shared memory per block: every length up
@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .separable_conv import check_conv_args
+from .separable_conv import _operand_dtype, check_conv_args
 
 __all__ = ['BLOCK', 'MAX_LEN', 'fits', 'separable_conv_triton']
 
@@ -224,7 +224,8 @@ def _separable_conv_bwd(
     dD = None
     if D is not None:
         axes = 'xyz'[:d]
-        dD = torch.einsum(f'nch{axes},nh{axes}->ch', gv.unflatten(1, (c, H)).float(), v.float()).to(D.dtype)
+        work = _operand_dtype(u)  # bf16 / fp16 on CUDA (fp32 accumulation), else float32, as the matmul path
+        dD = torch.einsum(f'nch{axes},nh{axes}->ch', gv.unflatten(1, (c, H)).to(work), v.to(work)).to(D.dtype)
     return (dx if layout == 'channels_first' else dx.movedim(1, -1)), dks, dD
 
 

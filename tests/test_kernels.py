@@ -405,20 +405,23 @@ def test_triton_kernel_generation_matches_ref(triton_device, lengths, taps, chan
 
 @pytest.mark.cuda
 @pytest.mark.parametrize('batch, dim, spatial', [
-    (8, 96, (56, 56)), (8, 192, (28, 28)), (8, 384, (14, 14)), (8, 768, (7, 7)), (2, 96, (8, 56, 56))])
+    (8, 96, (56, 56)), (8, 192, (28, 28)), (8, 384, (14, 14)), (8, 768, (7, 7)), (2, 96, (8, 56, 56)),
+    (8, 384, (196,)), (2, 96, (96, 96))])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('layout', LAYOUTS)
 def test_cuda_stage_shapes(batch, dim, spatial, dtype, layout):
-    """ConvNeXt-T stage shapes and the video shape on the GPU, every available fast path vs the FFT path and fp64.
+    """ConvNeXt-T stage shapes, the video shape, the ViT-S4ND sequence and a 384 px first stage (several Triton tiles
+    per axis) on the GPU, every available fast path vs the FFT path and fp64.
 
-    The truth is the fp64 direct convolution in 2-D; in 3-D the fp64 FFT path (checked against the direct
-    convolution in ``test_reference_path_matches_direct_conv``): a direct 15 x 111 x 111 conv3d in fp64 is too slow.
+    The truth is the fp64 direct convolution up to 56 px; in 3-D and at 96 x 96 the fp64 FFT path (checked against
+    the direct convolution in ``test_reference_path_matches_direct_conv``): a direct 15 x 111 x 111 conv3d in fp64
+    is too slow.
     """
     u = torch.randn(batch, dim, *spatial, dtype=torch.float64, device='cuda')
     ks = [torch.randn(1, dim, 2 * n - 1, dtype=torch.float64, device='cuda') / n for n in spatial]
     D = torch.randn(1, dim, dtype=torch.float64, device='cuda')
     g = torch.randn(batch, dim, *spatial, dtype=torch.float64, device='cuda')
-    if len(spatial) == 3:
+    if len(spatial) == 3 or max(spatial) > 64:
         want = _outputs_and_grads(separable_conv_ref, u, ks, D, g, 'channels_first')
     else:
         want = _direct(u, ks, D, g)
