@@ -366,11 +366,19 @@ def test_triton_kernel_generation_matches_torch_path(triton_device, ndim, spatia
         sum((k * w.to(k.dtype)).sum() for k, w in zip(ks, weights)).backward()
         return [k.double() for k in ks] + [p.grad.double() for p in module.kernel.parameters()]
 
-    want = run(lambda m: m.axis_kernels(spatial), copy.deepcopy(layer).double())
+    double = copy.deepcopy(layer).double()
+    want = run(lambda m: m.axis_kernels(spatial), double)
     ref = _errors(run(lambda m: m.axis_kernels(spatial, backend='fft'), layer), want)
     fast = _errors(run(lambda m: m.axis_kernels(spatial, backend='triton'), layer), want)
     for e_fast, e_ref in zip(fast, ref):
         assert e_fast <= 2 * e_ref + ATOL[torch.float32], (fast, ref)
+    # the plain-torch definition beside the Triton op gives the layer's torch path from the layer's own factors
+    from s4nd_timm.kernels.ssm_kernel_gen_triton import axis_kernels_ref
+    rates = double.rates(spatial)
+    w, s = zip(*[kern.discretize(r) for kern, r in zip(double.kernel, rates)])
+    with torch.no_grad():
+        for got, k in zip(axis_kernels_ref(w, s, spatial, double.kernel_lengths(spatial, rates), 2), want):
+            torch.testing.assert_close(got, k, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize('lengths, taps, channels, ck', [((9,), (9,), 2, 4), ((5, 70), (3, 70), 1, 1),
