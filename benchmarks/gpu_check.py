@@ -23,16 +23,17 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES_DRY = {'8x12x12': (8, 12, 12), '16x6x6': (16, 6, 6)}
 BACKENDS = ['fft', 'matmul', 'triton']
 MODEL_BACKENDS = ['auto', 'fft', 'matmul', 'triton']
 # seconds of budget a section needs to be started; None: never (compiling models on a CPU takes minutes)
-NEEDS = {'parity': 60, 'layer': 60, 'kernel_gen': 15, 'models': 120, 'compile': 150}
-NEEDS_DRY = {'parity': 5, 'layer': 5, 'kernel_gen': 2, 'models': 10, 'compile': None}
-PARITY_SHARE = 180  # the parity subprocess is stopped after this many seconds
+# 'part': seconds left for a section's next part (one stage shape, one (mode, backend) of the models)
+NEEDS = {'parity': 60, 'layer': 60, 'kernel_gen': 15, 'models': 120, 'compile': 150, 'part': 20}
+NEEDS_DRY = {'parity': 5, 'layer': 5, 'kernel_gen': 2, 'models': 10, 'compile': None, 'part': 0}
+PARITY_SHARE = 150  # the parity subprocess is stopped after this many seconds
 
 
 def _version(name: str) -> str:
@@ -78,16 +79,18 @@ def run_parity(timeout: float, dry_run: bool) -> dict:
             'output': run.stdout[-4000:] + run.stderr[-2000:] if run.returncode not in (0, 5) else ''}
 
 
-def run_kernel_gen(stages: Dict[str, tuple], device, d_state: int, min_time: float) -> List[dict]:
-    """All per-axis two-sided kernels of each stage's layer, fwd+bwd, per generator: the torch path and the Triton
-    generator (through ``S4ND.axis_kernels(backend=...)``, the layer's own call site). Written here, not taken from
-    bench_layer.run_kernel_gen, which calls the Triton generator with the layer object."""
+def run_kernel_gen(stages: Dict[str, tuple], paths: Dict[str, str], device, d_state: int,
+                   min_time: float) -> List[dict]:
+    """All per-axis two-sided kernels of each stage's layer, fwd+bwd, per generator (``paths``: row name -> the
+    backend whose generator ``S4ND.axis_kernels(backend=...)`` uses: 'fft' the torch path, 'triton' the Triton
+    generator). Written here, not taken from bench_layer.run_kernel_gen, which calls the Triton generator with the
+    layer object (its signature before the generator became tensor-in, tensor-out)."""
     from _timing import time_ms
     from bench_layer import _layer
     rows = []
     for name, shape in stages.items():
         layer = _layer(shape, 'auto', device, d_state)
-        for path, backend in (('torch', 'fft'), ('triton', 'triton')):
+        for path, backend in paths.items():
             def step(layer=layer, shape=shape, backend=backend):
                 ks = layer.axis_kernels(shape[1:], backend=backend)
                 sum(k.square().sum() for k in ks).backward()
@@ -118,34 +121,53 @@ class Budget:
         return False
 
 
-def _section(results: dict, name: str, budget: Budget, fn: Callable[[], object]) -> None:
-    """Run one section while the budget lasts; an error is recorded (the traceback printed) and the check goes on."""
-    if budget.fits(name):
-        start = time.time()
-        print(f'{name}: running ({budget.left():.0f} s of budget left)', flush=True)
+def _section(results: dict, failures: List[str], name: str, budget: Budget,
+             parts: List[Tuple[str, Callable[[], List[dict]]]]) -> None:
+    """Run a section's parts (each returns rows) while the budget lasts: the section starts only when it has its
+    ``needs``, each further part only while ``needs['part']`` is left. A part that raises is recorded in
+    ``failures`` (traceback printed) and the check goes on: one broken part must not cost the other figures."""
+    if not budget.fits(name):
+        return
+    start, rows = time.time(), results.setdefault(name, [])
+    print(f'{name}: running ({budget.left():.0f} s of budget left)', flush=True)
+    for i, (label, fn) in enumerate(parts):
+        if i and budget.left() < budget.needs['part']:
+            budget.log.append(f'{name} {label} and after: skipped, time budget spent')
+            print(budget.log[-1], flush=True)
+            break
         try:
-            results[name] = fn()
-        except Exception as e:  # one broken section must not cost the GPU run every other figure
+            rows += fn()
+        except Exception as e:
             traceback.print_exc()
-            results[name] = {'status': f'FAILED: {type(e).__name__}: {e}'}
-        print(f'{name}: done in {time.time() - start:.1f} s', flush=True)
+            failures.append(f'{name} {label}: FAILED: {type(e).__name__}: {e}')
+    print(f'{name}: done in {time.time() - start:.1f} s', flush=True)
 
 
-def _throughput(run_throughput, args) -> List[dict]:
-    """Training then inference rows of ``bench_models.run_throughput``, each marked with its mode."""
-    return [dict(row, mode=mode) for mode in ('train', 'infer') for row in run_throughput(mode, args)]
+def _throughput_parts(run_throughput, args) -> List[Tuple[str, Callable[[], List[dict]]]]:
+    """``bench_models.run_throughput`` per (mode, backend), rows marked with their mode; the timm baseline is timed
+    again in each part (its row kept once per mode), so the budget is checked between backends."""
+    seen = set()
+
+    def part(mode, backend):
+        rows = [dict(row, mode=mode) for row in run_throughput(mode, argparse.Namespace(
+            **{**vars(args), 'backends': [backend]}))]
+        keep = [r for r in rows if (r['mode'], r['model'], r['backend'], r['compile']) not in seen]
+        seen.update((r['mode'], r['model'], r['backend'], r['compile']) for r in rows)
+        return keep
+    return [(f'{mode} {backend}', lambda mode=mode, backend=backend: part(mode, backend))
+            for mode in ('train', 'infer') for backend in args.backends]
 
 
-def markdown(env: Dict[str, str], results: dict, skipped: List[str], columns: Dict[str, List[str]]) -> str:
+def markdown(env: Dict[str, str], results: dict, notes: List[str], columns: Dict[str, List[str]]) -> str:
     from _timing import table
     lines = ['# GPU check', '', f"{time.strftime('%Y-%m-%d')} | {env['gpu']} | driver {env['driver']} | "
              f"torch {env['torch']} | triton {env['triton']} | timm {env['timm']} | s4nd_timm {env['s4nd_timm']}", '']
     for name, rows in results.items():
-        if isinstance(rows, dict):  # parity, or a section that failed
-            lines += [f'### {name}', '', f"{rows['status']} {rows.get('summary', '')}".strip(), '']
+        if name == 'parity':
+            lines += ['### cuda parity tests', '', f"{rows['status']} {rows.get('summary', '')}".strip(), '']
         else:
             lines += [f'### {name}', '', table(rows, columns[name]), '']
-    lines += [f'- {s}' for s in skipped]
+    lines += [f'- {s}' for s in notes]
     return '\n'.join(lines) + '\n'
 
 
@@ -181,27 +203,33 @@ def main(argv: Optional[List[str]] = None) -> int:
         backends=['auto'] if args.dry_run else [b for b in MODEL_BACKENDS if b != 'triton' or HAS_TRITON])
     stages = STAGES_DRY if args.dry_run else STAGES
     results: dict = {}
-    _section(results, 'parity', budget, lambda: run_parity(min(PARITY_SHARE, budget.left()), args.dry_run))
-    _section(results, 'layer', budget, lambda: run_layers(stages, backends, layer_args, dwconv=True))
-    _section(results, 'kernel_gen', budget, lambda: run_kernel_gen(
-        stages, device, layer_args.d_state, layer_args.min_time) if HAS_TRITON else [])
-    _section(results, 'models', budget, lambda: _throughput(run_throughput, model_args))
+    failures: List[str] = []
+    if budget.fits('parity'):
+        results['parity'] = run_parity(min(PARITY_SHARE, budget.left()), args.dry_run)
+        print(f"parity: {results['parity']['status']} {results['parity'].get('summary', '')}", flush=True)
+        if results['parity']['status'].startswith(('FAILED', 'incomplete')):
+            failures.append(f"parity: {results['parity']['status']}")
+    _section(results, failures, 'layer', budget, [
+        (name, lambda name=name, shape=shape: run_layers({name: shape}, backends, layer_args, dwconv=True))
+        for name, shape in stages.items()])
+    gen_paths = {'torch': 'fft', **({'triton': 'triton'} if HAS_TRITON else {})}
+    _section(results, failures, 'kernel_gen', budget, [
+        ('all', lambda: run_kernel_gen(stages, gen_paths, device, layer_args.d_state, layer_args.min_time))])
+    _section(results, failures, 'models', budget, _throughput_parts(run_throughput, model_args))
     compiled = argparse.Namespace(**{**vars(model_args), 'compile': ['on'], 'backends': ['auto']})
-    _section(results, 'compile', budget, lambda: _throughput(run_throughput, compiled))
+    _section(results, failures, 'compile', budget, _throughput_parts(run_throughput, compiled))
     columns = {'layer': COLUMNS, 'kernel_gen': ['shape', 'backend', 'fwd+bwd ms'],
                'models': ['mode'] + MODEL_COLUMNS, 'compile': ['mode'] + MODEL_COLUMNS}
     from s4nd_timm.train.checkpoint import atomic_write_text
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {'environment': env, 'dry_run': args.dry_run, 'skipped': budget.log, **results}
+    report = {'environment': env, 'dry_run': args.dry_run, 'skipped': budget.log, 'failures': failures, **results}
     atomic_write_text(str(out / 'gpu_check.json'), json.dumps(report, indent=1, default=str))
-    text = markdown(env, results, budget.log, columns)
+    text = markdown(env, results, failures + budget.log, columns)
     atomic_write_text(str(out / 'gpu_check.md'), text)
     print(text)
     print(f'wrote {out / "gpu_check.md"} and {out / "gpu_check.json"}')
-    failed = [name for name, rows in results.items() if isinstance(rows, dict)
-              and rows['status'].startswith(('FAILED', 'incomplete'))]
-    return 1 if failed else 0
+    return 1 if failures else 0
 
 
 if __name__ == '__main__':
