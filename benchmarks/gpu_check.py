@@ -1,10 +1,11 @@
 """GPU check in one command: cuda parity tests, layer, kernel generation and model benchmarks (docs/benchmarks.md).
 
     python benchmarks/gpu_check.py                  # one CUDA GPU, about 8 minutes: writes gpu_check/gpu_check.md + .json
-    python benchmarks/gpu_check.py --dry-run        # CPU, tiny shapes, Triton in the interpreter (CI: seconds)
+    python benchmarks/gpu_check.py --dry-run        # CPU, tiny shapes, Triton in the interpreter (CI, about a minute)
 
-Sections, in order, each started only while the time budget (``--budget-s``, default 480 s) lasts; a section that
-would not fit is skipped and the output says so:
+Sections, in order, each started only while the time budget (``--budget-s``, default 450 s) lasts, and run in parts
+(one stage shape, one model backend) with the budget checked between parts; what would not fit is skipped and the
+output says so. A part that fails is reported (exit status 1) and the rest goes on:
     parity      ``pytest -m cuda tests/`` (the cuda-marked parity tests; a subprocess, stopped at its time share)
     layer       S4ND-2D fwd+bwd at the four ConvNeXt-T stage shapes, batch 128, bf16 autocast, every backend,
                 next to nn.Conv2d(C, C, 7, groups=C) and the memory floor (``bench_layer.run_layers``)
@@ -122,16 +123,16 @@ class Budget:
 
 
 def _section(results: dict, failures: List[str], name: str, budget: Budget,
-             parts: List[Tuple[str, Callable[[], List[dict]]]]) -> None:
+             parts: List[Tuple[str, Callable[[], List[dict]]]], part_need: Optional[float] = None) -> None:
     """Run a section's parts (each returns rows) while the budget lasts: the section starts only when it has its
-    ``needs``, each further part only while ``needs['part']`` is left. A part that raises is recorded in
+    ``needs``, each further part only while ``part_need`` (default ``needs['part']``) is left. A part that raises is recorded in
     ``failures`` (traceback printed) and the check goes on: one broken part must not cost the other figures."""
     if not budget.fits(name):
         return
     start, rows = time.time(), results.setdefault(name, [])
     print(f'{name}: running ({budget.left():.0f} s of budget left)', flush=True)
     for i, (label, fn) in enumerate(parts):
-        if i and budget.left() < budget.needs['part']:
+        if i and budget.left() < (budget.needs['part'] if part_need is None else part_need):
             budget.log.append(f'{name} {label} and after: skipped, time budget spent')
             print(budget.log[-1], flush=True)
             break
@@ -174,12 +175,13 @@ def markdown(env: Dict[str, str], results: dict, notes: List[str], columns: Dict
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dry-run', action='store_true', help='CPU, tiny shapes, Triton in the interpreter')
-    parser.add_argument('--budget-s', type=float, default=None, help='wall-clock budget (default 480, dry run 60)')
+    parser.add_argument('--budget-s', type=float, default=None,
+                        help='wall-clock budget in s (default 450, which leaves the last part room within 8 min; dry run 60)')
     parser.add_argument('--out', default='gpu_check', help='folder for gpu_check.md and gpu_check.json')
     args = parser.parse_args(argv)
     if args.dry_run:
         os.environ['TRITON_INTERPRET'] = '1'  # before Triton is first imported
-    budget = Budget(args.budget_s if args.budget_s is not None else (60 if args.dry_run else 480),
+    budget = Budget(args.budget_s if args.budget_s is not None else (60 if args.dry_run else 450),
                     NEEDS_DRY if args.dry_run else NEEDS)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import torch
@@ -217,7 +219,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ('all', lambda: run_kernel_gen(stages, gen_paths, device, layer_args.d_state, layer_args.min_time))])
     _section(results, failures, 'models', budget, _throughput_parts(run_throughput, model_args))
     compiled = argparse.Namespace(**{**vars(model_args), 'compile': ['on'], 'backends': ['auto']})
-    _section(results, failures, 'compile', budget, _throughput_parts(run_throughput, compiled))
+    _section(results, failures, 'compile', budget, _throughput_parts(run_throughput, compiled), budget.needs['compile'])
     columns = {'layer': COLUMNS, 'kernel_gen': ['shape', 'backend', 'fwd+bwd ms'],
                'models': ['mode'] + MODEL_COLUMNS, 'compile': ['mode'] + MODEL_COLUMNS}
     from s4nd_timm.train.checkpoint import atomic_write_text
