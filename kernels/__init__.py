@@ -6,7 +6,7 @@ without Triton. ``TRITON_INTERPRET=1`` (set before the first Triton call) runs t
 CPU tensors through the Triton interpreter, for tests.
 
 Paths: 'fft' (``separable_conv_ref``, the reference definition), 'matmul' (``separable_conv_matmul``, Toeplitz mode
-products), 'triton' (fused kernels, CUDA or the interpreter). ``separable_conv(..., backend='auto')``
+products), 'triton' (tiled Toeplitz-pass kernels, CUDA or the interpreter). ``separable_conv(..., backend='auto')``
 picks one per call, see ``select_backend``. Kernel generation in Triton: ``axis_kernels_triton``.
 """
 import importlib.util
@@ -68,14 +68,16 @@ def _triton_impl():
     return separable_conv_triton
 
 
-def axis_kernels_triton(layer, lengths: Sequence[int], rate=None) -> List[Tensor]:
-    """``layer.axis_kernels(lengths, rate)`` computed by one Triton launch (``ssm_kernel_gen_triton``, a torch
-    custom op with its backward); diag mode, float32, CUDA (or CPU with TRITON_INTERPRET=1). ``S4ND.axis_kernels``
-    calls it when the layer's effective backend is 'triton'."""
+def axis_kernels_triton(w: Sequence[Tensor], log_step: Sequence[Tensor], lengths: Sequence[int],
+                        taps: Sequence[int], channels: int) -> List[Tensor]:
+    """Two-sided per-axis kernels (c, H, 2 L_i - 1) from each axis' discretized factors W (C_k, H, M) and log-step
+    (H, M), complex64, in one Triton launch (``ssm_kernel_gen_triton``: a torch custom op with its backward, beside
+    its plain-torch definition ``axis_kernels_ref``); CUDA, or CPU with TRITON_INTERPRET=1. ``S4ND.axis_kernels``
+    computes the factors (``DiagAxisKernel.discretize`` at its rates) and calls it when its path is 'triton'."""
     if not HAS_TRITON:
         raise RuntimeError("axis_kernels_triton needs Triton; use layer.axis_kernels (the torch path).")
     from . import ssm_kernel_gen_triton
-    return ssm_kernel_gen_triton.axis_kernels_triton(layer, lengths, rate)
+    return ssm_kernel_gen_triton.axis_kernels_triton(w, log_step, lengths, taps, channels)
 
 
 def triton_usable(t: Tensor) -> bool:

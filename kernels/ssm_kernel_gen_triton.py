@@ -1,17 +1,19 @@
 """Per-axis kernel generation in Triton: every two-sided axis kernel of an S4ND layer in one launch.
 
-The diagonal (S4D) kernel is a Vandermonde sum (ssm.py): K[ck, h, l] = 2 Re sum_n W[ck, h, n] exp(s[h, n] tap)
-with W = C * coef and s = log_step from ``DiagAxisKernel.discretize`` (zoh/bilinear) at step exp(inv_dt) * rate,
-bandlimit mask included in C. The small (C_k, H, M) factors W and s stay in torch (autograd to the SSM
-parameters is ordinary torch); the (C_k, H, M, L) Vandermonde terms are only ever formed on chip:
+Tensor in, tensor out: ``axis_kernels_triton(w, log_step, lengths, taps, channels)`` takes the discretized factors
+of each axis and returns the two-sided kernels; ``axis_kernels_ref`` beside it is the plain-torch definition with
+the same signature. The diagonal (S4D) kernel is a Vandermonde sum: K[ck, h, l] = 2 Re sum_n W[ck, h, n]
+exp(s[h, n] tap) with W and s = log_step from ``DiagAxisKernel.discretize`` (the layer computes them, at its
+rates; docs/design.md §1.1). The small (C_k, H, M) factors stay in torch (autograd to the SSM parameters is
+ordinary torch); the (C_k, H, M, L) Vandermonde terms are only ever formed on chip:
     forward:  one program per (axis, kernel channel, h, block of taps), sum over the M modes in blocks,
-              written straight into the two-sided layout of ``two_sided`` (s4nd.py): forward channel
-              tap tap at index L-1+l, backward channel (bidirectional) tap tap at index L-2-l;
+              written straight into the two-sided layout (``axis_kernels_ref``): forward channel
+              tap l at index L-1+l, backward channel (bidirectional) tap l at index L-2-l;
     backward: one program per (axis, kernel channel, h, block of modes), sum over the taps:
               dW = 2 sum_l g conj(z^tap) (as re/im), ds = 2 sum_l g tap conj(W z^tap), z^tap = exp(s tap).
 Both are torch custom ops (``s4nd_timm::vandermonde_fwd`` / ``_bwd``, autograd registered), so the generator
 runs under torch.compile(fullgraph=True). Loaded lazily (never import it directly: TRITON_INTERPRET must be read
-first); float32 only. ``S4ND.axis_kernels`` uses it in diag mode for backend='triton'; DPLR stays on torch.
+first); float32 only. ``S4ND.axis_kernels`` calls it in diag mode for backend='triton'; DPLR stays on torch.
 """
 from typing import List, Sequence, Tuple
 
@@ -20,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ['axis_kernels_triton']
+__all__ = ['axis_kernels_ref', 'axis_kernels_triton']
 
 BLOCK_L = 64
 BLOCK_M = 32
@@ -158,27 +160,66 @@ def _backward(ctx, g):
 _vandermonde_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def axis_kernels_triton(layer, lengths: Sequence[int], rate=None) -> List[Tensor]:
-    """Same result as ``S4ND.axis_kernels`` (diag mode, float32), the Vandermonde sums in one Triton launch.
+def _check_factors(w: Sequence[Tensor], log_step: Sequence[Tensor], lengths: Sequence[int], taps: Sequence[int],
+                   channels: int) -> None:
+    d = len(lengths)
+    if not (len(w) == len(log_step) == len(taps) == d >= 1):
+        raise ValueError(f"need one W, log-step, length and taps count per axis; got {len(w)}, {len(log_step)}, "
+                         f"{d}, {len(taps)}")
+    ck, h, m = w[0].shape
+    if ck not in (channels, 2 * channels):
+        raise ValueError(f"W has {ck} kernel channels; expected channels = {channels} (causal) or "
+                         f"2 * channels = {2 * channels} (bidirectional)")
+    for i, (wi, si, n, t) in enumerate(zip(w, log_step, lengths, taps)):
+        if wi.shape != (ck, h, m) or si.shape != (h, m):
+            raise ValueError(f"axis {i}: W must be (C_k, H, M) = {(ck, h, m)} and the log-step (H, M) = {(h, m)}; "
+                             f"got {tuple(wi.shape)}, {tuple(si.shape)}")
+        if not 1 <= t <= n:
+            raise ValueError(f"axis {i}: taps must be in 1..length = {n}; got {t}")
+
+
+def axis_kernels_ref(w: Sequence[Tensor], log_step: Sequence[Tensor], lengths: Sequence[int], taps: Sequence[int],
+                     channels: int) -> List[Tensor]:
+    """Plain-torch definition of ``axis_kernels_triton`` (same signature and result); the parity tests' reference.
+
+    Per axis: causal taps K[ck, h, l] = 2 Re sum_n W[ck, h, n] exp(s[h, n] l) for l < taps, then the two-sided
+    layout: kernel channel ck < channels at index L-1+l, ck >= channels (bidirectional) at index L-2-l.
+    """
+    _check_factors(w, log_step, lengths, taps, channels)
+    out = []
+    for wi, si, n, t in zip(w, log_step, lengths, taps):
+        pos = torch.arange(t, device=wi.device, dtype=wi.real.dtype)
+        k = 2 * torch.einsum('chm,hml->chl', wi, torch.exp(si.unsqueeze(-1) * pos)).real  # (C_k, H, taps)
+        two = torch.nn.functional.pad(k[:channels], (n - 1, n - t))
+        if k.shape[0] > channels:
+            back = min(t, n - 1)
+            two = two + torch.nn.functional.pad(k[channels:, :, :back].flip(-1), (n - 1 - back, n))
+        out.append(two)
+    return out
+
+
+def axis_kernels_triton(w: Sequence[Tensor], log_step: Sequence[Tensor], lengths: Sequence[int],
+                        taps: Sequence[int], channels: int) -> List[Tensor]:
+    """Two-sided kernels of every axis from their discretized factors, the Vandermonde sums in one Triton launch.
 
     Args:
-        layer: an ``S4ND`` with mode='diag' and float32 parameters.
-        lengths: L_1..L_d.
-        rate: as in ``S4ND.axis_kernels``.
+        w: per axis, W (C_k, H, M) complex64 (``DiagAxisKernel.discretize``); C_k = channels (causal) or
+            2 * channels (bidirectional: the last channels are the backward taps).
+        log_step: per axis, s (H, M) complex64.
+        lengths: L_1..L_d, the input lengths; taps: L_k,i <= L_i causal taps per axis.
+        channels: c.
     Returns:
-        d tensors, kernels[i]: (channels, dim, 2 L_i - 1), index L_i - 1 = offset 0, float32.
+        d tensors, kernels[i]: (c, H, 2 L_i - 1), index L_i - 1 = offset 0, float32; differentiable in w and
+        log_step (the Triton backward). Same result as ``axis_kernels_ref``.
     """
-    lengths = tuple(int(n) for n in lengths)
-    if layer.mode != 'diag' or layer.D.dtype != torch.float32:
-        raise ValueError(f"axis_kernels_triton needs mode='diag' and float32 parameters; got mode={layer.mode!r}, "
-                         f"{layer.D.dtype}. Use layer.axis_kernels.")
-    if len(lengths) != layer.ndim:
-        raise ValueError(f"lengths needs {layer.ndim} entries (one per spatial axis); got {lengths}")
-    rates = layer.rates(lengths, rate)
-    taps = layer.kernel_lengths(lengths, rates)
-    w, s = zip(*[kern.discretize(r) for kern, r in zip(layer.kernel, rates)])
-    w, s = torch.stack(w), torch.stack(s)  # (d, C_k, H, M), (d, H, M)
+    lengths, taps = [int(n) for n in lengths], [int(t) for t in taps]
+    _check_factors(w, log_step, lengths, taps, channels)
+    if any(t.dtype != torch.complex64 for t in (*w, *log_step)):
+        raise ValueError("axis_kernels_triton needs complex64 factors (float32 parameters); use axis_kernels_ref "
+                         "or the layer's torch path for float64.")
+    w, s = torch.stack(list(w)), torch.stack(list(log_step))  # (d, C_k, H, M), (d, H, M)
     flat = _vandermonde_fwd(w.real.contiguous(), w.imag.contiguous(), s.real.contiguous(), s.imag.contiguous(),
-                            list(lengths), list(taps), layer.channels)
-    sizes = [layer.channels * layer.dim * (2 * n - 1) for n in lengths]
-    return [k.view(layer.channels, layer.dim, 2 * n - 1) for k, n in zip(flat.split(sizes), lengths)]
+                            lengths, taps, channels)
+    h = w.shape[2]
+    sizes = [channels * h * (2 * n - 1) for n in lengths]
+    return [k.view(channels, h, 2 * n - 1) for k, n in zip(flat.split(sizes), lengths)]

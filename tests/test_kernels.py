@@ -43,14 +43,14 @@ def _from_layout(x, layout):
 
 
 def _outputs_and_grads(fn, u, ks, D, g, layout):
-    """fn(u, ks, D) in `layout`; returns [y, du, dk_1..dk_d, dD] in channels-first, float64."""
+    """fn(u, ks, D) in `layout`; returns [y, du, dk_1..dk_d, dD (when D is not None)] in channels-first, float64."""
     u = _to_layout(u, layout).detach().requires_grad_()
     ks = [k.detach().requires_grad_() for k in ks]
-    D = D.detach().requires_grad_()
+    D = D.detach().requires_grad_() if D is not None else None
     y = fn(u, ks, D)
     y.backward(_to_layout(g, layout).to(y.dtype))
-    outs = [_from_layout(y, layout), _from_layout(u.grad, layout)] + [k.grad for k in ks] + [D.grad]
-    return [t.double() for t in outs]
+    outs = [_from_layout(y, layout), _from_layout(u.grad, layout)] + [k.grad for k in ks]
+    return [t.double() for t in outs + ([D.grad] if D is not None else [])]
 
 
 def _errors(got, want):
@@ -58,19 +58,20 @@ def _errors(got, want):
 
 
 def _direct(u, ks, D, g):
-    return _outputs_and_grads(direct_conv_nd, u.double(), [k.double() for k in ks], D.double(), g, 'channels_first')
+    return _outputs_and_grads(direct_conv_nd, u.double(), [k.double() for k in ks],
+                              D.double() if D is not None else None, g, 'channels_first')
 
 
-def _check(fast_fn, batch, spatial, layout, dtype):
-    """fast path vs FFT reference path, both against the fp64 direct convolution, in `dtype`."""
+def _check(fast_fn, batch, spatial, layout, dtype, with_d=True):
+    """fast path vs FFT reference path, both against the fp64 direct convolution, in `dtype` (with or without D)."""
     u, ks, D = _case(batch, spatial)
+    D = D if with_d else None
     g = torch.randn(batch, ks[0].shape[0] * u.shape[1], *spatial, dtype=torch.float64)
     want = _direct(u, ks, D, g)
-    cast = [t.to(dtype) for t in (u, *ks, D)]
-    fast = _errors(_outputs_and_grads(fast_fn, cast[0], cast[1:-1], cast[-1], g, layout), want)
+    cu, cks, cD = u.to(dtype), [k.to(dtype) for k in ks], (D.to(dtype) if with_d else None)
+    fast = _errors(_outputs_and_grads(fast_fn, cu, cks, cD, g, layout), want)
     ref = _errors(_outputs_and_grads(
-        lambda u, ks, D: separable_conv(u, ks, D, backend='fft', layout=layout), cast[0], cast[1:-1], cast[-1], g,
-        layout), want)
+        lambda u, ks, D: separable_conv(u, ks, D, backend='fft', layout=layout), cu, cks, cD, g, layout), want)
     for name, e_fast, e_ref in zip(['y', 'du'] + [f'dk{i}' for i in range(len(ks))] + ['dD'], fast, ref):
         assert e_fast <= 2 * e_ref + ATOL[dtype], f'{name}: err {e_fast:.3g} vs reference path {e_ref:.3g}'
     return fast
@@ -168,7 +169,7 @@ def test_auto_takes_triton_once_enabled(monkeypatch):
     monkeypatch.setattr(kernels, 'AUTO_USES_TRITON', True)
     assert select_backend(video, video_ks) == 'triton'
     assert select_backend(video.movedim(1, -1), video_ks, 'channels_last') == 'triton'
-    assert select_backend(seq, seq_ks) == 'fft'  # does not fit the fused kernel
+    assert select_backend(seq, seq_ks) == 'fft'  # Toeplitz matrices too large: refused before Triton is considered
 
 
 def test_triton_backend_refuses_cpu_tensors_without_interpreter(monkeypatch):
@@ -258,6 +259,35 @@ def test_triton_matches_direct_conv_and_reference(triton_device, batch, spatial,
     _check(fn, batch, spatial, layout, dtype)
 
 
+# Long axes run as several tiles: block=16 forces 2-3 tiles per axis (and 2 row blocks, 2 row chunks of the tap
+# gradient) on small inputs; every rank, both layouts, with and without D, fp32 and fp16 (bf16: GPU and compile test)
+TILED_CASES = [
+    (3, (40,), 'channels_first', torch.float32, True), (2, (37,), 'channels_last', torch.float16, False),
+    (1, (17, 20), 'channels_last', torch.float32, False), (1, (20, 17), 'channels_first', torch.float16, True),
+    (1, (17, 2, 3), 'channels_first', torch.float32, True), (1, (2, 3, 18), 'channels_last', torch.float16, False)]
+
+
+@pytest.mark.parametrize('batch, spatial, layout, dtype, with_d', TILED_CASES)
+def test_triton_tiled_long_axes_match_direct_conv_and_reference(triton_device, batch, spatial, layout, dtype, with_d):
+    from s4nd_timm.kernels import separable_conv_triton as impl
+
+    def fn(u, ks, D):
+        dev = [t.to(triton_device) if t is not None else None for t in (u, *ks, D)]
+        return impl.separable_conv_triton(dev[0], dev[1:-1], dev[-1], layout=layout, block=16).cpu()
+    _check(fn, batch, spatial, layout, dtype, with_d)
+
+
+def test_triton_admits_every_model_shape(triton_device):
+    """Every layer shape the registered models make at 224-384 px fits (ViT 196 / 576 tokens, ConvNeXt stages at
+    288 / 384 px: first stage 72 / 96), so 'auto' could take Triton for all of them once enabled."""
+    from s4nd_timm.kernels import separable_conv_triton as impl
+    shapes = [(196,), (576,), (4096,), (56, 56), (72, 72), (96, 96), (8, 56, 56), (30, 96, 96)]
+    for spatial in shapes:
+        for dtype in (torch.float32, torch.bfloat16):
+            assert impl.fits(torch.empty(1, 1, *spatial, dtype=dtype), [(1, 1, 2 * n - 1) for n in spatial],
+                             'channels_first'), spatial
+
+
 @pytest.mark.parametrize('ndim, spatial, mode', [(2, (5, 6), 'diag'), (3, (3, 4, 5), 'diag'), (2, (5, 6), 'dplr')])
 def test_triton_layer_and_compile(triton_device, monkeypatch, ndim, spatial, mode):
     """Through the layer (every parameter gradient), Triton kernel generation included (diag; DPLR stays on
@@ -295,7 +325,7 @@ def test_triton_custom_op_registration(triton_device):
     from s4nd_timm.kernels import separable_conv_triton as impl
     u, ks, D = _case(1, (5, 6), channels=1, dim=2, dtype=torch.float32)
     args = (u.to(triton_device).requires_grad_(), [k.to(triton_device).requires_grad_() for k in ks],
-            D.to(triton_device).requires_grad_(), 'channels_first')
+            D.to(triton_device).requires_grad_(), 'channels_first', 16)
     torch.library.opcheck(
         impl._fwd_op, args, test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
 
@@ -310,7 +340,11 @@ def test_triton_kernel_generation_custom_op_registration(triton_device):
 
 
 def test_triton_refuses_unsupported_shapes(triton_device):
-    u, ks, D = _case(1, (3, 65), dtype=torch.float32)  # 2-D axes up to MAX_TILE_2D = 64
+    from s4nd_timm.kernels.separable_conv_triton import MAX_LEN
+    u, ks, D = _case(1, (MAX_LEN + 1,), dtype=torch.float32)  # refused before any launch
+    with pytest.raises(ValueError, match='triton'):
+        separable_conv(u.to(triton_device), [k.to(triton_device) for k in ks], D.to(triton_device), backend='triton')
+    u, ks, D = _case(1, (5, 6), dtype=torch.float64)  # float32 / bf16 / fp16 only
     with pytest.raises(ValueError, match='triton'):
         separable_conv(u.to(triton_device), [k.to(triton_device) for k in ks], D.to(triton_device), backend='triton')
 
@@ -321,7 +355,8 @@ def test_triton_refuses_unsupported_shapes(triton_device):
     (3, (3, 4, 9), dict(disc='zoh', l_max=(2, 4, 12))),
 ])
 def test_triton_kernel_generation_matches_torch_path(triton_device, ndim, spatial, kwargs):
-    """All two-sided axis kernels in one launch, and every SSM parameter gradient, vs the torch path."""
+    """Through the layer's call site (``axis_kernels(backend='triton')``): all two-sided axis kernels in one launch,
+    and every SSM parameter gradient, vs the layer's torch path; both against the float64 torch path."""
     layer = S4ND(4, ndim=ndim, d_state=8, channels=2, postact='glu', **kwargs).to(triton_device)
     weights = [torch.randn(2, 4, 2 * n - 1, device=triton_device) for n in spatial]
 
@@ -331,29 +366,70 @@ def test_triton_kernel_generation_matches_torch_path(triton_device, ndim, spatia
         sum((k * w.to(k.dtype)).sum() for k, w in zip(ks, weights)).backward()
         return [k.double() for k in ks] + [p.grad.double() for p in module.kernel.parameters()]
 
-    want = run(lambda m: m.axis_kernels(spatial), copy.deepcopy(layer).double())
-    ref = _errors(run(lambda m: m.axis_kernels(spatial), layer), want)
-    fast = _errors(run(lambda m: axis_kernels_triton(m, spatial), layer), want)
+    double = copy.deepcopy(layer).double()
+    want = run(lambda m: m.axis_kernels(spatial), double)
+    ref = _errors(run(lambda m: m.axis_kernels(spatial, backend='fft'), layer), want)
+    fast = _errors(run(lambda m: m.axis_kernels(spatial, backend='triton'), layer), want)
     for e_fast, e_ref in zip(fast, ref):
         assert e_fast <= 2 * e_ref + ATOL[torch.float32], (fast, ref)
+    # the plain-torch definition beside the Triton op gives the layer's torch path from the layer's own factors
+    from s4nd_timm.kernels.ssm_kernel_gen_triton import axis_kernels_ref
+    rates = double.rates(spatial)
+    w, s = zip(*[kern.discretize(r) for kern, r in zip(double.kernel, rates)])
+    with torch.no_grad():
+        for got, k in zip(axis_kernels_ref(w, s, spatial, double.kernel_lengths(spatial, rates), 2), want):
+            torch.testing.assert_close(got, k, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('lengths, taps, channels, ck', [((9,), (9,), 2, 4), ((5, 70), (3, 70), 1, 1),
+                                                         ((6, 3, 4), (6, 2, 4), 1, 2)])
+def test_triton_kernel_generation_matches_ref(triton_device, lengths, taps, channels, ck):
+    """Tensor in, tensor out: ``axis_kernels_triton`` vs ``axis_kernels_ref`` (same signature) on random factors,
+    kernels and the gradients to W and the log-step, both against the ref in float64. 70 taps: two tap blocks."""
+    from s4nd_timm.kernels import ssm_kernel_gen_triton as impl
+    d, h, m = len(lengths), 3, 4
+    w = [torch.randn(ck, h, m, dtype=torch.complex128) for _ in range(d)]
+    s = [torch.complex(-torch.rand(h, m, dtype=torch.float64) / 4, torch.randn(h, m, dtype=torch.float64))
+         for _ in range(d)]
+    weights = [torch.randn(channels, h, 2 * n - 1, dtype=torch.float64) for n in lengths]
+
+    def run(fn, dtype, device):
+        wi = [t.detach().to(dtype).to(device).requires_grad_() for t in w]
+        si = [t.detach().to(dtype).to(device).requires_grad_() for t in s]
+        ks = fn(wi, si, lengths, taps, channels)
+        sum((k.double().cpu() * g).sum() for k, g in zip(ks, weights)).backward()
+        return [k.double().cpu() for k in ks] + [torch.view_as_real(t.grad).double().cpu() for t in wi + si]
+
+    want = run(impl.axis_kernels_ref, torch.complex128, 'cpu')
+    ref = _errors(run(impl.axis_kernels_ref, torch.complex64, triton_device), want)
+    fast = _errors(run(impl.axis_kernels_triton, torch.complex64, triton_device), want)
+    for e_fast, e_ref in zip(fast, ref):
+        assert e_fast <= 2 * e_ref + ATOL[torch.float32], (fast, ref)
+    with pytest.raises(ValueError, match='kernel channels'):
+        impl.axis_kernels_triton([t.to(triton_device) for t in w], s, lengths, taps, channels + 5)
+    with pytest.raises(ValueError, match='complex64'):
+        impl.axis_kernels_triton(w, s, lengths, taps, channels)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize('batch, dim, spatial', [
-    (8, 96, (56, 56)), (8, 192, (28, 28)), (8, 384, (14, 14)), (8, 768, (7, 7)), (2, 96, (8, 56, 56))])
+    (8, 96, (56, 56)), (8, 192, (28, 28)), (8, 384, (14, 14)), (8, 768, (7, 7)), (2, 96, (8, 56, 56)),
+    (8, 384, (196,)), (2, 96, (96, 96))])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('layout', LAYOUTS)
 def test_cuda_stage_shapes(batch, dim, spatial, dtype, layout):
-    """ConvNeXt-T stage shapes and the video shape on the GPU, every available fast path vs the FFT path and fp64.
+    """ConvNeXt-T stage shapes, the video shape, the ViT-S4ND sequence and a 384 px first stage (several Triton tiles
+    per axis) on the GPU, every available fast path vs the FFT path and fp64.
 
-    The truth is the fp64 direct convolution in 2-D; in 3-D the fp64 FFT path (checked against the direct
-    convolution in ``test_reference_path_matches_direct_conv``): a direct 15 x 111 x 111 conv3d in fp64 is too slow.
+    The truth is the fp64 direct convolution up to 56 px; in 3-D and at 96 x 96 the fp64 FFT path (checked against
+    the direct convolution in ``test_reference_path_matches_direct_conv``): a direct 15 x 111 x 111 conv3d in fp64
+    is too slow.
     """
     u = torch.randn(batch, dim, *spatial, dtype=torch.float64, device='cuda')
     ks = [torch.randn(1, dim, 2 * n - 1, dtype=torch.float64, device='cuda') / n for n in spatial]
     D = torch.randn(1, dim, dtype=torch.float64, device='cuda')
     g = torch.randn(batch, dim, *spatial, dtype=torch.float64, device='cuda')
-    if len(spatial) == 3:
+    if len(spatial) == 3 or max(spatial) > 64:
         want = _outputs_and_grads(separable_conv_ref, u, ks, D, g, 'channels_first')
     else:
         want = _direct(u, ks, D, g)

@@ -248,11 +248,12 @@ class S4ND(nn.Module):
         lengths = tuple(int(n) for n in lengths)
         if len(lengths) != self.ndim:
             raise ValueError(f"lengths needs {self.ndim} entries (one per spatial axis); got {lengths}")
-        if ((backend or self.backend) == 'triton' and self.mode == 'diag' and self.D.dtype == torch.float32
-                and triton_usable(self.D)):
-            return axis_kernels_triton(self, lengths, rate)
         rates = self.rates(lengths, rate)
         taps = self.kernel_lengths(lengths, rates)
+        if ((backend or self.backend) == 'triton' and self.mode == 'diag' and self.D.dtype == torch.float32
+                and triton_usable(self.D)):
+            w, log_step = zip(*[kern.discretize(r) for kern, r in zip(self.kernel, rates)])
+            return axis_kernels_triton(w, log_step, lengths, taps, self.channels)
         return [
             two_sided(kern(t, r), n, self.channels, self.bidirectional)
             for kern, n, t, r in zip(self.kernel, lengths, taps, rates)]
