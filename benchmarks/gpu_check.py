@@ -222,7 +222,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _section(results, failures, 'compile', budget, _throughput_parts(run_throughput, compiled), budget.needs['compile'])
     columns = {'layer': COLUMNS, 'kernel_gen': ['shape', 'backend', 'fwd+bwd ms'],
                'models': ['mode'] + MODEL_COLUMNS, 'compile': ['mode'] + MODEL_COLUMNS}
-    from s4nd_timm.train.checkpoint import atomic_write_text
+    from s4nd_timm._io import atomic_write_text
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {'environment': env, 'dry_run': args.dry_run, 'skipped': budget.log, 'failures': failures, **results}
