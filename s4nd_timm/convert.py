@@ -13,9 +13,7 @@ without a source, every shape or length mismatch and every non-finite tensor is 
 written unless all is well (or ``--allow-partial`` / ``--allow-nonfinite`` is given).
 """
 import argparse
-import functools
 import hashlib
-import inspect
 import math
 import pickle
 import re
@@ -23,7 +21,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
-from unittest import mock
 
 import torch
 from torch import Tensor
@@ -298,24 +295,9 @@ def _iso_args(sd: Mapping[str, Tensor], kw: Dict[str, Any]) -> None:
 
 
 def registered_args(name: str) -> Dict[str, Any]:
-    """The constructor arguments a registered ``s4nd_*`` entrypoint sets (its sizes), read without building it:
-    the entrypoint is called with its module's ``build_s4nd_model`` replaced by one that returns its arguments."""
-    return dict(_registered_args(name))
-
-
-@functools.lru_cache(maxsize=None)
-def _registered_args(name: str) -> Dict[str, Any]:
+    """The constructor arguments a registered ``s4nd_*`` entrypoint sets (its sizes): its module's ``MODEL_ARGS``."""
     from timm.models import model_entrypoint
-    entry = model_entrypoint(name)
-    captured: Dict[str, Any] = {}
-
-    def capture(model_cls, variant, pretrained=False, **kwargs):
-        params = inspect.signature(model_cls).parameters
-        captured.update({k: v for k, v in kwargs.items() if k in params})
-
-    with mock.patch.object(sys.modules[entry.__module__], 'build_s4nd_model', capture):
-        entry()
-    return captured
+    return dict(sys.modules[model_entrypoint(name).__module__].MODEL_ARGS[name])
 
 
 def _registered_model(family: str, kw: Dict[str, Any], video: bool) -> Tuple[str, Dict[str, Any]]:
@@ -323,8 +305,8 @@ def _registered_model(family: str, kw: Dict[str, Any], video: bool) -> Tuple[str
     arguments left to pass; else the family's default model with all of them."""
     import timm
     for name in timm.list_models(FAMILIES[family].__name__.rsplit('.', 1)[-1] + '*'):
-        own = {k: v for k, v in _registered_args(name).items() if k != 'num_frames'}
-        if ('num_frames' in _registered_args(name)) == video and all(kw.get(k) == v for k, v in own.items()):
+        own = {k: v for k, v in registered_args(name).items() if k != 'num_frames'}
+        if ('num_frames' in registered_args(name)) == video and all(kw.get(k) == v for k, v in own.items()):
             return name, {k: v for k, v in kw.items() if k not in own}
     return _DEFAULT_MODEL[f'{family}_3d' if video else family], kw
 

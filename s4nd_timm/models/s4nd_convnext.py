@@ -612,7 +612,19 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: S4NDConvNeXt) -> 
     return state_dict
 
 
+# The registered sizes: each entrypoint below builds its entry (explicit kwargs win); s4nd-convert matches
+# checkpoints against them.
+MODEL_ARGS = {
+    's4nd_convnext_micro': dict(depths=(3, 3, 3, 3), dims=(64, 128, 256, 512)),
+    's4nd_convnext_tiny': dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
+    's4nd_convnext_small': dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
+    's4nd_convnext_base': dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
+    's4nd_convnext_tiny_3d': dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), num_frames=30),
+}
+
+
 def _create_s4nd_convnext(variant: str, pretrained: bool = False, **kwargs) -> S4NDConvNeXt:
+    kwargs = dict(MODEL_ARGS[variant], **kwargs)
     model = build_s4nd_model(
         S4NDConvNeXt, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -637,33 +649,28 @@ default_cfgs = s4nd_default_cfgs(
 @register_model
 def s4nd_convnext_micro(pretrained: bool = False, **kwargs) -> S4NDConvNeXt:
     """ConvNeXt-Micro (the paper's Celeb-A size) with S4ND-2D in place of the 7x7 depthwise conv."""
-    model_args = dict(depths=(3, 3, 3, 3), dims=(64, 128, 256, 512))
-    return _create_s4nd_convnext('s4nd_convnext_micro', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_s4nd_convnext('s4nd_convnext_micro', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def s4nd_convnext_tiny(pretrained: bool = False, **kwargs) -> S4NDConvNeXt:
     """ConvNeXt-T with S4ND-2D in place of the 7x7 depthwise conv."""
-    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
-    return _create_s4nd_convnext('s4nd_convnext_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_s4nd_convnext('s4nd_convnext_tiny', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def s4nd_convnext_small(pretrained: bool = False, **kwargs) -> S4NDConvNeXt:
     """ConvNeXt-S with S4ND-2D in place of the 7x7 depthwise conv."""
-    model_args = dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
-    return _create_s4nd_convnext('s4nd_convnext_small', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_s4nd_convnext('s4nd_convnext_small', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def s4nd_convnext_base(pretrained: bool = False, **kwargs) -> S4NDConvNeXt:
     """ConvNeXt-B with S4ND-2D in place of the 7x7 depthwise conv."""
-    model_args = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
-    return _create_s4nd_convnext('s4nd_convnext_base', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_s4nd_convnext('s4nd_convnext_base', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def s4nd_convnext_tiny_3d(pretrained: bool = False, **kwargs) -> S4NDConvNeXt:
     """ConvNeXt-T with S4ND-3D for video, input (B, 3, T, H, W) (HMDB-51 setup, docs/design.md §7.2)."""
-    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), num_frames=30)
-    return _create_s4nd_convnext('s4nd_convnext_tiny_3d', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_s4nd_convnext('s4nd_convnext_tiny_3d', pretrained=pretrained, **kwargs)

@@ -329,7 +329,18 @@ TAG_MODEL_ARGS = {
 }
 
 
+# The registered sizes: each entrypoint below builds its entry (explicit kwargs win); s4nd-convert matches
+# checkpoints against them.
+MODEL_ARGS = {
+    's4nd_iso_cifar': dict(d_model=256, depth=6, mixer='s4nd'),
+    's4nd_iso_cifar_small': dict(d_model=64, depth=4, mixer='s4nd'),
+    's4nd_iso_cifar_conv2d': dict(d_model=128, depth=4, mixer='conv2d', kernel_size=3),
+    's4nd_iso_cifar_conv2d_small': dict(d_model=64, depth=4, mixer='conv2d', kernel_size=3),
+}
+
+
 def _create_s4nd_iso(variant: str, pretrained: bool = False, **kwargs) -> S4NDIsotropic:
+    kwargs = dict(MODEL_ARGS[variant], **kwargs)
     model = build_s4nd_model(
         S4NDIsotropic, variant, pretrained, tag_model_args=TAG_MODEL_ARGS,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -362,26 +373,22 @@ default_cfgs = s4nd_default_cfgs(
 @register_model
 def s4nd_iso_cifar(pretrained: bool = False, **kwargs) -> S4NDIsotropic:
     """Isotropic S4ND-2D for CIFAR-10, the paper's resolution-experiment size (d=256, 6 blocks)."""
-    model_args = dict(d_model=256, depth=6, mixer='s4nd')
-    return _create_s4nd_iso('s4nd_iso_cifar', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_s4nd_iso('s4nd_iso_cifar', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def s4nd_iso_cifar_small(pretrained: bool = False, **kwargs) -> S4NDIsotropic:
     """Isotropic S4ND-2D for CIFAR-10, small enough to train on a CPU (d=64, 4 blocks)."""
-    model_args = dict(d_model=64, depth=4, mixer='s4nd')
-    return _create_s4nd_iso('s4nd_iso_cifar_small', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_s4nd_iso('s4nd_iso_cifar_small', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def s4nd_iso_cifar_conv2d(pretrained: bool = False, **kwargs) -> S4NDIsotropic:
     """The Conv2D twin of s4nd_iso_cifar, the paper's baseline size (d=128, 4 blocks, 3x3)."""
-    model_args = dict(d_model=128, depth=4, mixer='conv2d', kernel_size=3)
-    return _create_s4nd_iso('s4nd_iso_cifar_conv2d', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_s4nd_iso('s4nd_iso_cifar_conv2d', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def s4nd_iso_cifar_conv2d_small(pretrained: bool = False, **kwargs) -> S4NDIsotropic:
     """The Conv2D twin of s4nd_iso_cifar_small (d=64, 4 blocks, 3x3)."""
-    model_args = dict(d_model=64, depth=4, mixer='conv2d', kernel_size=3)
-    return _create_s4nd_iso('s4nd_iso_cifar_conv2d_small', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_s4nd_iso('s4nd_iso_cifar_conv2d_small', pretrained=pretrained, **kwargs)

@@ -223,7 +223,17 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: S4NDVisionTransfo
     return filter_reference(state_dict, model, reference_keys, _REFERENCE_ONLY)
 
 
+# The registered sizes: each entrypoint below builds its entry (explicit kwargs win); s4nd-convert matches
+# checkpoints against them.
+MODEL_ARGS = {
+    's4nd_vit_tiny_patch16': dict(patch_size=16, embed_dim=192, depth=12),
+    's4nd_vit_small_patch16': dict(patch_size=16, embed_dim=384, depth=12),
+    's4nd_vit_base_patch16': dict(patch_size=16, embed_dim=768, depth=12),
+}
+
+
 def _create_s4nd_vit(variant: str, pretrained: bool = False, **kwargs) -> S4NDVisionTransformer:
+    kwargs = dict(MODEL_ARGS[variant], **kwargs)
     out_indices = kwargs.pop('out_indices', 3)
     model = build_s4nd_model(
         S4NDVisionTransformer, variant, pretrained,
@@ -244,19 +254,16 @@ default_cfgs = s4nd_default_cfgs(
 @register_model
 def s4nd_vit_tiny_patch16(pretrained: bool = False, **kwargs) -> S4NDVisionTransformer:
     """ViT-Ti/16 with a 1-D S4ND over the patch sequence in place of attention."""
-    model_args = dict(patch_size=16, embed_dim=192, depth=12)
-    return _create_s4nd_vit('s4nd_vit_tiny_patch16', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_s4nd_vit('s4nd_vit_tiny_patch16', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def s4nd_vit_small_patch16(pretrained: bool = False, **kwargs) -> S4NDVisionTransformer:
     """ViT-S/16 with a 1-D S4ND over the patch sequence in place of attention."""
-    model_args = dict(patch_size=16, embed_dim=384, depth=12)
-    return _create_s4nd_vit('s4nd_vit_small_patch16', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_s4nd_vit('s4nd_vit_small_patch16', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def s4nd_vit_base_patch16(pretrained: bool = False, **kwargs) -> S4NDVisionTransformer:
     """ViT-B/16 with a 1-D S4ND over the patch sequence in place of attention (the paper's ViT-S4ND-B)."""
-    model_args = dict(patch_size=16, embed_dim=768, depth=12)
-    return _create_s4nd_vit('s4nd_vit_base_patch16', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_s4nd_vit('s4nd_vit_base_patch16', pretrained=pretrained, **kwargs)
