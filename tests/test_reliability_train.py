@@ -373,3 +373,15 @@ def test_validate_does_not_import_train():
     code = "import sys, s4nd_timm.train.validate; assert 's4nd_timm.train.train' not in sys.modules"
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_local_dir_with_broken_config_is_one_line(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / 'model'
+    folder.mkdir()
+    code, err = _cli(monkeypatch, capsys, validate_mod, ['--dataset', 'synthetic', '--model', f'local-dir:{folder}',
+                                                         '--pretrained'])
+    assert code == 2 and f"no {folder / 'config.json'}" in err and len(err.strip().splitlines()) == 1
+    (folder / 'config.json').write_text('{"architecture": "s4nd_iso_cifar_small",')
+    code, err = _cli(monkeypatch, capsys, validate_mod, ['--dataset', 'synthetic', '--model', f'local-dir:{folder}',
+                                                         '--pretrained'])
+    assert code == 2 and f"{folder / 'config.json'} is not valid JSON" in err and len(err.strip().splitlines()) == 1

@@ -6,6 +6,7 @@ none of them imports another command. Errors a user can fix are ``ValueError``s 
 file (``engine.run_cli`` prints them as one line).
 """
 import argparse
+import json
 import os
 from contextlib import nullcontext
 from functools import partial
@@ -96,6 +97,20 @@ def resolve_img_size(model: str, img_size: Optional[int], model_kwargs: Dict[str
     return img_size
 
 
+def check_local_dir(folder: str) -> None:
+    """A ``local-dir:`` model folder must hold a readable ``config.json`` (timm reads it before any of our code)."""
+    path = os.path.join(folder, 'config.json')
+    if not os.path.isfile(path):
+        raise ValueError(f"local-dir:{folder}: no {path}; give a folder written by s4nd_timm.hub.save_pretrained "
+                         "or s4nd-convert")
+    try:
+        with open(path, encoding='utf-8') as fh:
+            json.load(fh)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-save the folder with s4nd_timm.hub.save_pretrained") \
+            from None
+
+
 def build_model(name: str, *, num_classes: Optional[int], pretrained: bool = False,
                 checkpoint_path: Optional[str] = None, model_kwargs: Optional[Dict[str, Any]] = None,
                 img_size: Optional[int] = None, num_frames: Optional[int] = None, in_chans: Optional[int] = None,
@@ -108,7 +123,9 @@ def build_model(name: str, *, num_classes: Optional[int], pretrained: bool = Fal
     size and the rate. ``checkpoint_path``: weights to start from (timm's loader).
     """
     import timm
-    if not timm.is_model(name):
+    if name.startswith('local-dir:'):
+        check_local_dir(name[len('local-dir:'):])
+    elif not timm.is_model(name):
         raise ValueError(f"unknown model {name!r}. S4ND models: {timm.list_models('s4nd_*')}; any timm name "
                          "(timm.list_models()) works too.")
     if checkpoint_path and not os.path.isfile(checkpoint_path):

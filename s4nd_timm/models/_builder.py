@@ -84,7 +84,8 @@ def _local_file_hint(name: str) -> str:
         f"To load a local copy of these weights: timm.create_model('{name}', pretrained=True, "
         f"pretrained_cfg_overlay=dict(file='/path/to/{WEIGHTS_NAME}')); a folder written by "
         f"s4nd_timm.hub.save_pretrained or s4nd-convert: timm.create_model('local-dir:/path/to/folder', "
-        f"pretrained=True). A state-spaces/s4 reference checkpoint: convert it first with s4nd-convert."]
+        f"pretrained=True). A state-spaces/s4 reference checkpoint loads the same way through "
+        f"pretrained_cfg_overlay (or convert it into a folder with s4nd-convert)."]
     if copy.is_file():
         lines.append(f"A copy ships with s4nd_timm: pretrained_cfg_overlay=dict(file='{copy}').")
     return ' '.join(lines)
