@@ -288,7 +288,7 @@ def test_train_flag_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, mes
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--model-kwargs', 'foo=1'], 's4nd_iso_cifar_small does not take the given arguments'),
+    (['--model-kwargs', 'foo=1'], "does not take the argument(s) ['foo']"),
     (['--initial-checkpoint', 'nowhere.pth'], "--initial-checkpoint 'nowhere.pth' not found"),
     (['--in-chans', '1', '--mean', '0.5', '0.5', '0.5'], '--mean has 3 values but the input has 1 channel(s)'),
     pytest.param(['--device', 'cuda'], '--device cuda: CUDA is not available',
