@@ -403,6 +403,7 @@ def _progressive(job: Dict[str, Any], step: Callable[[str], None]) -> List[Dict[
             test_loader.sampler.set_epoch(0)
             top1 = evaluate(model, test_loader, device=device, distributed=False)['top1']
             curve.append((epoch + 1, round(seconds, 2), top1))
+            _logger.info(f'[S4ND {name}] epoch {epoch + 1}: top-1 @ {base} px {top1:.1f}% after {seconds:.1f} s')
 
         stats = train_model(model, base_set, stages, tag=f'S4ND {name}', on_epoch=on_epoch, **job['train_kwargs'])
         run = {'name': name, 'schedule': _schedule(stages), 'epochs': stats['epochs'], 'base_size': base,
