@@ -212,8 +212,8 @@ def plot_curves(runs: Sequence[Dict[str, Any]], path: str, title: Optional[str] 
         for epoch, sec, top1 in run['curve']:
             ax.plot([sec], [top1], 'o', ms=4, color=f'C{i}', mfc=f'C{i}' if run['sizes'][epoch - 1] == base else 'white')
     ax.axvline(runs[0]['seconds'], color='0.6', lw=0.8, ls=':')
-    ax.annotate("fixed run's time", (runs[0]['seconds'], 0.02), xycoords=('data', 'axes fraction'),
-                xytext=(-3, 3), textcoords='offset points', ha='right', fontsize=8, color='0.4')
+    ax.annotate("fixed run's time", (runs[0]['seconds'], 1.0), xycoords=('data', 'axes fraction'),
+                xytext=(-3, -12), textcoords='offset points', ha='right', fontsize=8, color='0.4')
     ax.set_ylim(0, 100)
     ax.set_xlim(left=0)
     ax.set_xlabel('training wall time (s)')
