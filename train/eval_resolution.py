@@ -9,22 +9,27 @@ evaluated in both resolution modes (``--modes``):
                 S4ND layer scales its step by rate = train size / test size, so its kernels keep their
                 extent in the image (and bandlimited kernels stay smooth enough to be resampled);
     discrete    kernels stay in pixels (rate 1), as a Conv2D's do.
-Models without S4ND layers (the Conv2D twin, any timm model) have one row, mode '-'.
+Models without S4ND layers (the Conv2D twin, any timm model) have one row, mode 'pixels' (their kernels are
+in pixels, as discrete mode's are).
 
 Test images at size R: the synthetic dataset renders every sample directly at R (``synthetic.py``);
 CIFAR-10 and ImageNet folders are resized to R with bilinear + antialias (timm's eval transform, crop_pct
 1.0 for CIFAR-10, the model's for ImageNet).
 
 Models (``--model``, one or more):
-    DIR                 a Hub-format folder (config.json + weights, ``timm.models.save_for_hf``)
+    DIR, local-dir:DIR  a Hub-format folder (config.json + weights, ``timm.models.save_for_hf``)
     hf-hub:ORG/NAME     a Hugging Face Hub model
     NAME                a registered name with its pretrained weights (``timm.create_model(pretrained=True)``)
     NAME=CKPT, CKPT     a checkpoint file (.pth, .pth.tar, .safetensors); an ``s4nd-train`` checkpoint carries
                         its model name, size and --model-kwargs, other files need NAME= and --model-kwargs
+Rows and plot lines are labelled by ``--labels`` (one per model), else by NAME for NAME=CKPT, the checkpoint's
+model name for an ``s4nd-train`` CKPT, the folder name for DIR; labels that still coincide get their parent
+folder added (``name (run_a)``).
 
 Outputs in ``--output``: results.md (the markdown table, also printed), results.json, resolution.png
 (top-1 vs test resolution, one line per model and mode, training resolution marked); each file is written
-to a temporary name and renamed, so a rerun replaces it whole.
+to a temporary name and renamed, so a rerun replaces it whole. ``--output`` is checked before any model is
+loaded (a folder, or a path where one can be created, that is writable).
 
 Example::
 
@@ -50,10 +55,11 @@ from .engine import evaluate, run_cli, setup_console_logging
 
 __all__ = ['MODES', 'get_args_parser', 'load_model', 'min_resolution', 'train_resolution', 'has_s4nd',
            'check_resolutions', 'evaluate_resolutions', 'format_table', 'plot_results', 'write_results',
-           'machine_summary', 'main', 'cli']
+           'machine_summary', 'check_output_dir', 'save_figure', 'mode_name', 'main', 'cli']
 
 _logger = logging.getLogger('train')
 MODES = ('continuous', 'discrete')
+NO_MODE = 'pixels'  # the mode word of models without S4ND layers, in tables, plots and progress lines
 CHECKPOINT_EXTENSIONS = ('.pth', '.pth.tar', '.pt', '.bin', '.safetensors')
 SYNTHETIC_MAX_CLASSES = 15
 
@@ -64,7 +70,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         's4nd-eval-resolution', description='Top-1 of models at several test resolutions (S4ND: continuous and '
         'discrete mode); writes results.md, results.json and resolution.png.')
     parser.add_argument('--model', nargs='+', required=True, metavar='MODEL',
-                        help='Hub folder, hf-hub:ID, registered NAME (pretrained weights), NAME=CKPT or CKPT')
+                        help='Hub folder (DIR or local-dir:DIR), hf-hub:ID, registered NAME (pretrained weights), '
+                        'NAME=CKPT or CKPT')
+    parser.add_argument('--labels', nargs='+', default=None, metavar='LABEL',
+                        help='row / plot-line label of each --model (default: NAME of NAME=CKPT, else the model name)')
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
                         help='key=value construction args for models given by name (e.g. img_size=8 d_model=64)')
     parser.add_argument('--train-size', type=int, nargs='+', default=None, metavar='PX',
@@ -105,6 +114,11 @@ def load_model(spec: str, model_kwargs: Optional[Dict[str, Any]] = None) -> Tupl
     import timm
     model_kwargs = dict(model_kwargs or {})
     name, path = (spec.split('=', 1) if '=' in spec else (None, spec))
+    if name is None and path.startswith('local-dir:'):
+        path = path[len('local-dir:'):]
+        if not os.path.isdir(path):
+            raise ValueError(f"--model {spec!r}: folder {path!r} not found; local-dir: takes a Hub-format folder "
+                             "(what save_pretrained / save_for_hf wrote).")
     looks_like_file = path.endswith(CHECKPOINT_EXTENSIONS) or os.sep in path or path.startswith('.')
     if name is None and os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, 'config.json')):
@@ -149,7 +163,8 @@ def load_model(spec: str, model_kwargs: Optional[Dict[str, Any]] = None) -> Tupl
         raise ValueError(f"checkpoint {path!r} does not fit {name} built with {model_kwargs}: "
                          f"{' '.join(first[:3])[:400]} ... Pass its construction args with --model-kwargs "
                          "(e.g. img_size=8 d_model=64).") from None
-    return model.eval(), _info(model, os.path.basename(path), path, train_size or model_kwargs.get('img_size'))
+    label = spec.split('=', 1)[0] if '=' in spec else getattr(train_args, 'model', None) or os.path.basename(path)
+    return model.eval(), _info(model, label, path, train_size or model_kwargs.get('img_size'))
 
 
 def _info(model: nn.Module, label: str, source: str, train_size) -> Dict[str, Any]:
@@ -290,7 +305,7 @@ def evaluate_resolutions(
                 row['samples'] = metrics['samples']
                 done += 1
                 eta = (time.time() - start) / done * (runs - done)
-                _logger.info(f"[eval {done}/{runs}] {entry['label']} ({mode or 'pixels'}) @ {res} px: top-1 "
+                _logger.info(f"[eval {done}/{runs}] {entry['label']} ({mode or NO_MODE}) @ {res} px: top-1 "
                              f"{metrics['top1']:.1f}% ({metrics['samples']} images, {row['seconds'][res]:.1f} s, "
                              f"ETA {eta:.0f} s)")
             rows.append(row)
@@ -301,8 +316,13 @@ def evaluate_resolutions(
 
 # --- reporting -----------------------------------------------------------------------------------------------
 
+def mode_name(row: Dict[str, Any]) -> str:
+    """A row's resolution mode as printed: 'continuous', 'discrete', or NO_MODE for models without S4ND."""
+    return row['mode'] or NO_MODE
+
+
 def _row_name(row: Dict[str, Any]) -> str:
-    return row['label'] if row['mode'] is None else f"{row['label']} ({row['mode']})"
+    return f"{row['label']} ({mode_name(row)})"
 
 
 def format_table(rows: Sequence[Dict[str, Any]], resolutions: Sequence[int]) -> str:
@@ -311,7 +331,7 @@ def format_table(rows: Sequence[Dict[str, Any]], resolutions: Sequence[int]) -> 
     lines = [head, '|' + '---|' * (3 + len(resolutions))]
     for row in rows:
         cells = [f"{row['top1'][r]:.1f}" + ('*' if r == row['train_size'] else '') for r in resolutions]
-        lines.append(f"| {row['label']} | {row['mode'] or '-'} | {row['train_size']} | " + ' | '.join(cells) + ' |')
+        lines.append(f"| {row['label']} | {mode_name(row)} | {row['train_size']} | " + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
@@ -350,11 +370,32 @@ def plot_results(rows: Sequence[Dict[str, Any]], resolutions: Sequence[int], pat
     if title:
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc='upper right', framealpha=0.9)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str) -> None:
+    """Write a matplotlib figure as PNG through a temporary file beside ``path`` and a rename; close it."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     try:
         atomic_write(path, lambda fh: fig.savefig(fh, format='png'))
     finally:
         plt.close(fig)
+
+
+def check_output_dir(path: str, flag: str = '--output') -> None:
+    """Create the output folder ``path`` (and parents) and check a file can be written in it; ValueError
+    naming ``flag`` when it is a file or not writable. Run at start-up, before any work."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a file; pass a folder (it is created if missing).")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f'.write-check{os.getpid()}')
+        with open(probe, 'w'):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"{flag} {path!r} cannot be written ({e.strerror or e}); pass a writable folder.") from None
 
 
 def machine_summary(device: torch.device) -> str:
@@ -374,9 +415,9 @@ def _jsonable(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def write_results(output: str, rows: Sequence[Dict[str, Any]], resolutions: Sequence[int],
                   meta: Dict[str, Any], title: Optional[str] = None, chance: Optional[float] = None,
-                  stem: str = 'resolution', extra_markdown: str = '') -> Dict[str, str]:
+                  stem: str = 'resolution', extra_markdown: str = '', plot: bool = True) -> Dict[str, str]:
     """results.md (the table, then ``extra_markdown``), results.json (``meta`` + 'resolutions' + 'results')
-    and ``<stem>.png`` in ``output``, each replaced atomically.
+    and (``plot``) ``<stem>.png`` in ``output``, each replaced atomically.
 
     Returns:
         {'table', 'json', 'plot'} paths.
@@ -385,10 +426,12 @@ def write_results(output: str, rows: Sequence[Dict[str, Any]], resolutions: Sequ
     paths = {'table': os.path.join(output, 'results.md'), 'json': os.path.join(output, 'results.json'),
              'plot': os.path.join(output, f'{stem}.png')}
     extra = f'\n{extra_markdown}\n' if extra_markdown else ''
-    atomic_write_text(paths['table'], format_table(rows, resolutions) + '\n' + extra)
+    table = format_table(rows, resolutions) + '\n' if rows else ''
+    atomic_write_text(paths['table'], table + extra)
     payload = {**meta, 'resolutions': list(resolutions), 'results': _jsonable(rows)}
     atomic_write_text(paths['json'], json.dumps(payload, indent=1) + '\n')
-    plot_results(rows, resolutions, paths['plot'], title=title, chance=chance)
+    if plot:
+        plot_results(rows, resolutions, paths['plot'], title=title, chance=chance)
     return paths
 
 
@@ -400,7 +443,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         raise ValueError(f"--train-size needs one size per --model ({len(args.model)}); got {args.train_size}")
     if any(r < 1 for r in args.resolutions):
         raise ValueError(f"--resolutions must be positive sizes in px; got {args.resolutions}")
+    if args.labels is not None and len(args.labels) != len(args.model):
+        raise ValueError(f"--labels needs one label per --model ({len(args.model)}); got {args.labels}")
     dataset_kind(args.dataset)  # unknown names fail before any model is built
+    check_output_dir(args.output)
     device = torch.device(args.device)
     entries = []
     for i, spec in enumerate(args.model):
@@ -408,6 +454,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         if args.train_size is not None:
             info['train_size'] = args.train_size[i]
         entries.append({**info, 'model': model})
+    _set_labels(entries, args.labels)
     start = time.time()
     rows = evaluate_resolutions(entries, args, args.resolutions, args.modes, args.batch_size, device, args.workers)
     meta = {'dataset': args.dataset, 'split': args.split or default_splits(args.dataset)[1], 'seed': args.seed,
@@ -418,6 +465,25 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     print(table)
     print(f"wrote {paths['table']}, {paths['json']}, {paths['plot']}")
     return {'rows': rows, 'paths': paths, 'table': table}
+
+
+def _set_labels(entries: List[Dict[str, Any]], labels: Optional[Sequence[str]]) -> None:
+    """Give each entry its ``--labels`` label, or make the default labels unique: a label shared by several
+    models gets its source's parent folder added; ValueError (asking for --labels) when they still coincide."""
+    if labels is not None:
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"--labels must differ from each other; got {list(labels)}")
+        for entry, label in zip(entries, labels):
+            entry['label'] = label
+        return
+    names = [e['label'] for e in entries]
+    for entry in entries:
+        if names.count(entry['label']) > 1:
+            parent = os.path.basename(os.path.dirname(os.path.abspath(entry['source'])))
+            entry['label'] = f"{entry['label']} ({parent})"
+    final = [e['label'] for e in entries]
+    if len(set(final)) != len(final):
+        raise ValueError(f"two --model entries get the same label ({final}); name them with --labels")
 
 
 def cli() -> None:
