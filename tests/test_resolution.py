@@ -265,8 +265,8 @@ def test_s4nd_keeps_accuracy_at_32px_far_better_than_conv2d():
         model = main_job.build_model(label, 8, seed)
         main_job.train_model(model, train_set, [(8, 15)], tag=label, device=torch.device('cpu'), seed=seed)
         entries.append({'label': label, 'model': model, 'train_size': 8})
-    data = argparse.Namespace(dataset='synthetic', data_dir=None, seed=seed, num_samples=400, split=None)
-    rows = {r['label']: r['top1'] for r in evaluate_resolutions(entries, data, [8, 32], modes=('continuous',),
+    data = dict(dataset='synthetic', seed=seed, num_samples=400)
+    rows = {r['label']: r['top1'] for r in evaluate_resolutions(entries, [8, 32], **data, modes=('continuous',),
                                                                  batch_size=100)}
     s4nd_drop, conv_drop = rows['S4ND'][8] - rows['S4ND'][32], rows['Conv2D'][8] - rows['Conv2D'][32]
     assert rows['S4ND'][8] > 35 and rows['Conv2D'][8] > 35, rows  # both learned at 8 px (chance: 10)
@@ -290,8 +290,8 @@ def test_trained_at_half_resolution_with_the_rate_keeps_its_accuracy_at_the_base
     model = main_job.build_model('S4ND', 32, seed, d_model=32, depth=2)
     train_set = main_job.render_train_set(model, 600, 32, seed)
     main_job.train_model(model, train_set, [(16, 10)], tag='16 px', device=torch.device('cpu'), seed=seed)
-    data = argparse.Namespace(dataset='synthetic', data_dir=None, seed=seed, num_samples=300, split=None)
-    row, = evaluate_resolutions([{'label': '16 px', 'model': model, 'train_size': 16}], data, [16, 32],
+    data = dict(dataset='synthetic', seed=seed, num_samples=300)
+    row, = evaluate_resolutions([{'label': '16 px', 'model': model, 'train_size': 16}], [16, 32], **data,
                                 modes=('continuous',), batch_size=100)
     assert row['top1'][16] > 25, row['top1']
     assert row['top1'][32] >= row['top1'][16] - 5, row['top1']
@@ -313,8 +313,8 @@ def test_shipped_weights_reproduce_their_model_card(name):
     from s4nd_timm.hub import packaged_weights_dir
     card = _card_results((packaged_weights_dir(name) / 'README.md').read_text())
     model = timm.create_model(name, pretrained=True)
-    data = argparse.Namespace(dataset='synthetic', data_dir=None, seed=0, num_samples=1000, split=None)
-    row, = evaluate_resolutions([{'label': name, 'model': model, 'train_size': 8}], data, [8, 32],
+    data = dict(dataset='synthetic', seed=0, num_samples=1000)
+    row, = evaluate_resolutions([{'label': name, 'model': model, 'train_size': 8}], [8, 32], **data,
                                 modes=('continuous',), batch_size=100)
     for px in (8, 32):
         assert abs(row['top1'][px] - card[px]) <= 0.5, (px, row['top1'], card)

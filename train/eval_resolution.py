@@ -48,9 +48,10 @@ import torch
 import torch.nn as nn
 
 from s4nd_timm._io import atomic_write, atomic_write_text
+from s4nd_timm.layers.s4nd import RESOLUTIONS
 
-from .common import read_checkpoint
-from .data import check_image_folder, create_dataset, create_loader, dataset_kind, default_splits
+from .common import dataset_num_classes, read_checkpoint
+from .data import create_dataset, create_loader, dataset_kind, default_splits
 from .engine import evaluate, run_cli, setup_console_logging
 
 __all__ = ['MODES', 'get_args_parser', 'load_model', 'min_resolution', 'train_resolution', 'has_s4nd',
@@ -58,7 +59,7 @@ __all__ = ['MODES', 'get_args_parser', 'load_model', 'min_resolution', 'train_re
            'machine_summary', 'check_output_dir', 'save_figure', 'mode_name', 'main', 'cli']
 
 _logger = logging.getLogger('train')
-MODES = ('continuous', 'discrete')
+MODES = RESOLUTIONS  # the S4ND layer's resolution modes
 NO_MODE = 'pixels'  # the mode word of models without S4ND layers, in tables, plots and progress lines
 CHECKPOINT_EXTENSIONS = ('.pth', '.pth.tar', '.pt', '.bin', '.safetensors')
 SYNTHETIC_MAX_CLASSES = 15
@@ -223,33 +224,29 @@ def check_resolutions(entries: Sequence[Dict[str, Any]], resolutions: Sequence[i
 
 # --- evaluation ----------------------------------------------------------------------------------------------
 
-def _dataset_args(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
+def _dataset_kwargs(dataset: str, data_dir: Optional[str], seed: int, num_samples: Optional[int],
+                    num_classes: int) -> Dict[str, Any]:
     """``data.create_dataset`` keyword arguments, for evaluation."""
-    kind = dataset_kind(args.dataset)
+    kind = dataset_kind(dataset)
     if kind == 'synthetic' and not 1 <= num_classes <= SYNTHETIC_MAX_CLASSES:
         raise ValueError(f"the model has {num_classes} classes; the synthetic dataset has at most "
                          f"{SYNTHETIC_MAX_CLASSES}. Evaluate it on its own dataset (--dataset cifar10 / imagenet).")
     if kind not in ('synthetic', 'cifar10', 'imagenet'):
-        raise ValueError(f"--dataset {args.dataset!r}: s4nd-eval-resolution reads synthetic, cifar10 or imagenet")
-    if kind != 'synthetic' and not args.data_dir:
-        raise ValueError(f"--dataset {args.dataset} reads files: pass --data-dir")
-    return dict(data_dir=args.data_dir, seed=args.seed, num_classes=num_classes, num_samples=args.num_samples)
-
-
-def _dataset_classes(args: argparse.Namespace, split: str) -> Optional[int]:
-    """Class count of a file dataset (None for synthetic: it takes the model's)."""
-    kind = dataset_kind(args.dataset)
-    if kind == 'cifar10':
-        return 10
-    if kind == 'imagenet':
-        return sum(1 for e in os.scandir(check_image_folder(args.data_dir, split)) if e.is_dir())
-    return None
+        raise ValueError(f"--dataset {dataset!r}: s4nd-eval-resolution reads synthetic, cifar10 or imagenet")
+    if kind != 'synthetic' and not data_dir:
+        raise ValueError(f"--dataset {dataset} reads files: pass --data-dir")
+    return dict(data_dir=data_dir, seed=seed, num_classes=num_classes, num_samples=num_samples)
 
 
 def evaluate_resolutions(
         entries: Sequence[Dict[str, Any]],
-        data_args: argparse.Namespace,
         resolutions: Sequence[int],
+        *,
+        dataset: str = 'synthetic',
+        data_dir: Optional[str] = None,
+        split: Optional[str] = None,
+        seed: int = 0,
+        num_samples: Optional[int] = None,
         modes: Sequence[str] = MODES,
         batch_size: int = 250,
         device: Optional[torch.device] = None,
@@ -260,8 +257,8 @@ def evaluate_resolutions(
     Args:
         entries: dicts with 'model' (nn.Module), 'label', 'train_size', optionally 'modes' (this model's S4ND
             modes), and any other keys (copied to the rows).
-        data_args: dataset, data_dir, seed, num_samples (synthetic), split (None: the dataset's eval split).
         resolutions: test sizes in px (square images).
+        dataset, data_dir, split (None: the dataset's eval split), seed, num_samples (synthetic): the data.
         modes: S4ND resolution modes to evaluate; models without S4ND get one row with mode None.
         device: where to evaluate (default CPU).
     Returns:
@@ -271,8 +268,8 @@ def evaluate_resolutions(
     from timm.data import resolve_data_config
     check_resolutions(entries, resolutions)
     device = device or torch.device('cpu')
-    split = data_args.split or default_splits(data_args.dataset)[1]
-    expected = _dataset_classes(data_args, split)
+    split = split or default_splits(dataset)[1]
+    expected = None if dataset_kind(dataset) == 'synthetic' else dataset_num_classes(dataset, data_dir, split)
     rows = []
     model_modes = [tuple(e.get('modes', modes)) if has_s4nd(e['model']) else (None,) for e in entries]
     runs = sum(len(m) for m in model_modes) * len(resolutions)
@@ -280,11 +277,11 @@ def evaluate_resolutions(
     for entry, entry_modes in zip(entries, model_modes):
         model = entry['model']
         if expected is not None and model.num_classes != expected:
-            raise ValueError(f"{entry['label']} has {model.num_classes} outputs but {data_args.dataset} has {expected} "
+            raise ValueError(f"{entry['label']} has {model.num_classes} outputs but {dataset} has {expected} "
                              "classes; evaluate it on the dataset it was trained for.")
-        ds_args = _dataset_args(data_args, model.num_classes)
+        ds_args = _dataset_kwargs(dataset, data_dir, seed, num_samples, model.num_classes)
         config = resolve_data_config({}, model=model)
-        if dataset_kind(data_args.dataset) in ('cifar10', 'synthetic'):
+        if dataset_kind(dataset) in ('cifar10', 'synthetic'):
             config['crop_pct'] = 1.0  # small, centred images: resize only
         model.to(device)
         previous = getattr(model, 's4nd_resolution', None)
@@ -295,9 +292,9 @@ def evaluate_resolutions(
             row.update(mode=mode, top1={}, top5={}, loss={}, seconds={})
             for res in resolutions:
                 t0 = time.time()
-                ds = create_dataset(data_args.dataset, split, False,
+                ds = create_dataset(dataset, split, False,
                                     dict(config, input_size=(config['input_size'][0], res, res)), **ds_args)
-                loader = create_loader(ds, batch_size, False, data_args.seed, num_workers=workers)
+                loader = create_loader(ds, batch_size, False, seed, num_workers=workers)
                 metrics = evaluate(model, loader, device=device, distributed=False, log_prefix=entry['label'])
                 for key in ('top1', 'top5', 'loss'):
                     row[key][res] = metrics[key]
@@ -456,7 +453,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         entries.append({**info, 'model': model})
     _set_labels(entries, args.labels)
     start = time.time()
-    rows = evaluate_resolutions(entries, args, args.resolutions, args.modes, args.batch_size, device, args.workers)
+    rows = evaluate_resolutions(entries, args.resolutions, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+                                seed=args.seed, num_samples=args.num_samples, modes=args.modes,
+                                batch_size=args.batch_size, device=device, workers=args.workers)
     meta = {'dataset': args.dataset, 'split': args.split or default_splits(args.dataset)[1], 'seed': args.seed,
             'machine': machine_summary(device), 'seconds': time.time() - start,
             'created': time.strftime('%Y-%m-%d %H:%M:%S')}

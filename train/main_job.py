@@ -302,8 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     job = dict(args=args, preset=preset, device=device, weights={}, plots={},
                provenance=(f"Trained by `s4nd-demo{' --quick' if args.quick else ''} --seed {args.seed}` on "
                            f"{machine_summary(device)}."),
-               data_args=argparse.Namespace(dataset='synthetic', data_dir=None, seed=args.seed,
-                                            num_samples=preset['test_samples'], split=None),
+               eval_data=dict(dataset='synthetic', seed=args.seed, num_samples=preset['test_samples']),
                train_kwargs=dict(device=device, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                                  weight_decay=args.weight_decay))
 
@@ -360,7 +359,7 @@ def _zero_shot(job: Dict[str, Any], step: Callable[[str], None]) -> Tuple[List[D
         step(f"{label} trained in {training[label]['seconds']:.1f} s")
         entries.append({'label': label, 'model': model, 'train_size': LOW_RES, 'architecture': MODELS[label]['name'],
                         **({'modes': MODELS[label]['modes']} if 'modes' in MODELS[label] else {})})
-    rows = evaluate_resolutions(entries, job['data_args'], preset['resolutions'], batch_size=EVAL_BATCH,
+    rows = evaluate_resolutions(entries, preset['resolutions'], **job['eval_data'], batch_size=EVAL_BATCH,
                                 device=device)
     models = {entry['label']: entry['model'] for entry in entries}
     job['plots']['kernels'] = os.path.join(args.output, 'kernels.png')
