@@ -44,6 +44,8 @@ from .ssm import SSMAxisKernel, init_system, kernel_compute_dtype, mark_ssm_para
 
 __all__ = ['DPLRAxisKernel', 'dplr_taps']
 
+_DENSE_POWER_FROM = 32  # set_raw_c: L Sherman-Morrison steps up to this length, dense Ā^L beyond
+
 
 class DPLRAxisKernel(SSMAxisKernel):
     """DPLR (S4) SSM kernel along one spatial axis; same call interface as ``DiagAxisKernel``.
@@ -105,8 +107,9 @@ class DPLRAxisKernel(SSMAxisKernel):
     def set_raw_c(self, c: Tensor, length: Optional[int] = None) -> None:
         """Store C̃ = C (I - Ā^L) for a raw C and set l_kernel = L (docs/design.md §1.2); float64, no gradient.
 
-        Ā is the bilinear transition at the current base step (rate 1), applied L times to the row vectors
-        of C in the conjugate-augmented space in O(C_k H M) per step (Sherman-Morrison for (I - ΔA/2)^{-1}).
+        Ā is the bilinear transition at the current base step (rate 1) in the conjugate-augmented space
+        (Sherman-Morrison for (I - ΔA/2)^{-1}): applied L times to the row vectors of C for short kernels, built
+        densely per feature and raised to the power L by repeated squaring for long ones (model construction time).
         Args:
             c: (C_k, H, M, 2) raw C as (re, im) pairs.
             length: L; default ``l_max``.
@@ -128,11 +131,20 @@ class DPLRAxisKernel(SSMAxisKernel):
         sm_denom = 1 + alpha * (q2 * p2 / d).sum(-1, keepdim=True)  # (H, 1)
         w0 = torch.view_as_complex(c.to(work).contiguous())
         w0 = torch.cat([w0, w0.conj()], dim=-1)  # (C_k, H, 2M)
-        w = w0
-        for _ in range(length):  # w <- w Ā = w (diag(d) + α p q^T)^{-1} (diag(e) - α p q^T)
+
+        def times_a_bar(w):  # row vectors w (..., H, 2M) -> w Ā = w (diag(d) + α p q^T)^{-1} (diag(e) - α p q^T)
             u = w / d
             u = u - alpha * (u * p2).sum(-1, keepdim=True) * (q2 / d) / sm_denom
-            w = u * e - alpha * (u * p2).sum(-1, keepdim=True) * q2
+            return u * e - alpha * (u * p2).sum(-1, keepdim=True) * q2
+
+        if length <= _DENSE_POWER_FROM:
+            w = w0
+            for _ in range(length):
+                w = times_a_bar(w)
+        else:  # long kernels: dense Ā_h, raised to the power L by repeated squaring (log2 L batched matmuls)
+            eye = torch.eye(2 * m, dtype=w0.dtype).unsqueeze(1).expand(-1, w0.shape[1], -1)  # (2M, H, 2M)
+            a_bar = times_a_bar(eye).transpose(0, 1)  # (H, 2M, 2M): row i of Ā_h = e_i Ā_h
+            w = torch.einsum('chi,hij->chj', w0, torch.linalg.matrix_power(a_bar, length))  # w0 Ā^L
         self.C.copy_(torch.view_as_real((w0 - w)[..., :m]).to(self.C.dtype))
         self.l_kernel.fill_(length)
         self._l_kernel = int(length)
