@@ -27,6 +27,7 @@ __all__ = [
     'LAYOUTS',
     'MATMUL_MAX_TOEPLITZ',
     'axis_kernels_triton',
+    'check_backend',
     'select_backend',
     'separable_conv',
     'separable_conv_matmul',
@@ -52,6 +53,13 @@ AUTO_USES_TRITON = False
 CUDA_MATMUL_MAX_LEN = 256
 # Either device: never build Toeplitz matrices (c * H * sum L_i^2 elements) larger than this.
 MATMUL_MAX_TOEPLITZ = 1 << 27
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it names a convolution path (``BACKENDS``), else a ValueError saying which do."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not supported; expected one of {BACKENDS}")
+    return backend
 
 
 def triton_interpret() -> bool:
@@ -127,8 +135,7 @@ def separable_conv(
     Returns:
         (B, c * H, *spatial) or (B, *spatial, c * H), channel index c * H + h, dtype of u.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not supported; expected one of {BACKENDS}")
+    check_backend(backend)
     check_conv_args(u, ks, D, layout)
     if backend == 'auto':
         backend = select_backend(u, ks, layout)

@@ -49,15 +49,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.fx._symbolic_trace import is_fx_tracing
+from torch.fx import _symbolic_trace
 
-from s4nd_timm.kernels import BACKENDS, axis_kernels_triton, select_backend, separable_conv, triton_usable
+from s4nd_timm.kernels import (
+    LAYOUTS, axis_kernels_triton, check_backend, select_backend, separable_conv, triton_usable)
 from .dplr import DPLRAxisKernel, dplr_taps
 from .ssm import DiagAxisKernel, check_init, diag_taps, kernel_compute_dtype
 
-__all__ = ['S4ND']
+__all__ = ['S4ND', 'LAYOUTS', 'RESOLUTIONS', 'KernelCache', 'check_resolution', 'kernel_cache_active', 'resolution_rates']
 
-LAYOUTS = ('channels_first', 'channels_last')
+# LAYOUTS ('channels_first', 'channels_last') comes from the convolution paths; import both from here.
 RESOLUTIONS = ('continuous', 'discrete')
 ACTIVATIONS = ('gelu', None)
 POSTACTS = (None, 'linear', 'glu')
@@ -72,6 +73,36 @@ def _per_axis(value, ndim: int, name: str) -> Tuple:
     if len(value) != ndim:
         raise ValueError(f"{name} needs one value per spatial axis (ndim={ndim}); got {value}")
     return value
+
+
+def check_resolution(resolution: str) -> str:
+    """``resolution`` if it is a resolution mode (``RESOLUTIONS``), else a ValueError saying which are."""
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution={resolution!r} is not supported; expected one of {RESOLUTIONS}")
+    return resolution
+
+
+def resolution_rates(
+        l_max: Sequence[Optional[int]], lengths: Sequence[int], resolution: str, rate=None) -> Tuple[float, ...]:
+    """The per-axis rate rule (docs/design.md §5), for the layer and for models that pass one rate to all layers.
+
+    Args:
+        l_max: base length per axis (None: no base resolution on that axis).
+        lengths: the input's length per axis.
+        resolution: 'continuous' (r_i = l_max_i / L_i, 1 without l_max) or 'discrete' (r = 1).
+        rate: an override, a positive float or one per axis; returned as given.
+    Returns:
+        one float per axis.
+    """
+    ndim = len(lengths)
+    if rate is not None:
+        rates = _per_axis(rate, ndim, 'rate')
+        if not all(r > 0 for r in rates):
+            raise ValueError(f"rate must be positive; got {rate}")
+        return tuple(float(r) for r in rates)
+    if check_resolution(resolution) == 'discrete':
+        return (1.0,) * ndim
+    return tuple(1.0 if lm is None else lm / n for lm, n in zip(_per_axis(l_max, ndim, 'l_max'), lengths))
 
 
 def two_sided(k: Tensor, length: int, channels: int, bidirectional: bool) -> Tensor:
@@ -95,12 +126,14 @@ def kernel_cache_active() -> bool:
     ``torch.inference_mode``) and not inside torch.compile, torch.export, FX or TorchScript tracing."""
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or _is_exporting() or is_fx_tracing())
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting()
+                or _fx_symbolic_tracing())
 
 
-def _is_exporting() -> bool:
-    is_exporting = getattr(torch.compiler, 'is_exporting', None)
-    return bool(is_exporting and is_exporting())
+def _fx_symbolic_tracing() -> bool:
+    # is_fx_symbolic_tracing is the newer name (plain is_fx_tracing logs a warning there)
+    check = getattr(_symbolic_trace, 'is_fx_symbolic_tracing', None) or _symbolic_trace.is_fx_tracing
+    return check()
 
 
 class KernelCache:
@@ -188,12 +221,10 @@ class S4ND(nn.Module):
         super().__init__()
         if ndim not in (1, 2, 3):
             raise ValueError(f"ndim must be 1, 2 or 3 (spatial axes); got ndim={ndim}")
-        if d_state < 2 or d_state % 2:
-            raise ValueError(f"d_state must be a positive even number (N/2 complex modes are kept); got {d_state}")
         if channels < 1:
             raise ValueError(f"channels must be >= 1; got {channels}")
         for name, value, allowed in (
-                ('layout', layout, LAYOUTS), ('resolution', resolution, RESOLUTIONS),
+                ('layout', layout, LAYOUTS),
                 ('activation', activation, ACTIVATIONS), ('postact', postact, POSTACTS), ('mode', mode, MODES)):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not supported; expected one of {allowed}")
@@ -240,9 +271,7 @@ class S4ND(nn.Module):
 
     @resolution.setter
     def resolution(self, value: str) -> None:
-        if value not in RESOLUTIONS:
-            raise ValueError(f"resolution={value!r} is not supported; expected one of {RESOLUTIONS}")
-        self._resolution = value
+        self._resolution = check_resolution(value)
 
     @property
     def backend(self) -> str:
@@ -250,9 +279,7 @@ class S4ND(nn.Module):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        if value not in BACKENDS:
-            raise ValueError(f"backend={value!r} is not supported; expected one of {BACKENDS}")
-        self._backend = value
+        self._backend = check_backend(value)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, ndim={self.ndim}, d_state={self.d_state}, channels={self.channels}, "
@@ -261,14 +288,7 @@ class S4ND(nn.Module):
 
     def rates(self, lengths: Sequence[int], rate=None) -> Tuple[float, ...]:
         """Per-axis rate for an input of these spatial lengths (the override, or the mode's rule)."""
-        if rate is not None:
-            rates = _per_axis(rate, self.ndim, 'rate')
-            if not all(r > 0 for r in rates):
-                raise ValueError(f"rate must be positive; got {rate}")
-            return tuple(float(r) for r in rates)
-        if self.resolution == 'discrete':
-            return (1.0,) * self.ndim
-        return tuple(1.0 if lm is None else lm / n for lm, n in zip(self.l_max, lengths))
+        return resolution_rates(self.l_max, lengths, self.resolution, rate)
 
     def kernel_lengths(self, lengths: Sequence[int], rates: Sequence[float]) -> Tuple[int, ...]:
         """Taps per axis: L_k,i = min(L_i, round(l_max_i / r_i)) (L_i without l_max), at least 1."""
