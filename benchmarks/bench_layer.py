@@ -124,6 +124,10 @@ def run_auto(args) -> List[dict]:
             ks = [torch.randn(c, dim, 2 * n - 1, device=device, requires_grad=True) for n in spatial]
             D = torch.randn(c, dim, device=device, requires_grad=True)
             fft_mib = batch * c * dim * 2 ** len(spatial) * math.prod(spatial) * 8 / 2 ** 20
+            if x.numel() * 4 / 2 ** 20 > args.max_input_mib:
+                rows.append({'shape': name, 'batch': batch, 'fft ms': 'skipped (input too large)',
+                             'auto': select_backend(x, ks)})
+                continue
             times = {}
             for backend in ('fft', 'matmul'):
                 if backend == 'fft' and fft_mib > args.max_fft_mib:
@@ -169,6 +173,7 @@ def main():
                         choices=['layer', 'kernel_gen', 'video', 'seq', 'scaling', 'auto'])
     parser.add_argument('--auto-batches', type=int, nargs='+', default=[1, 8, 32], help='auto section batches')
     parser.add_argument('--max-fft-mib', type=float, default=4096, help='auto: skip FFT above this buffer size')
+    parser.add_argument('--max-input-mib', type=float, default=512, help='auto: skip inputs larger than this')
     parser.add_argument('--shapes', nargs='+', default=None, help=f'subset of the layer shapes {list(STAGES)}')
     parser.add_argument('--dtype', default=None, choices=list(DTYPES), help='autocast dtype (default bf16 on CUDA)')
     parser.add_argument('-b', '--batch', type=int, default=128)
