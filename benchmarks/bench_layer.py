@@ -141,6 +141,7 @@ def run_auto(args) -> List[dict]:
             rows.append({'shape': name, 'batch': batch, 'fft ms': times.get('fft', 'skipped'),
                          'matmul ms': times['matmul'], 'fastest': best, 'auto': auto,
                          'auto / fastest': times.get(auto, math.inf) / times[best]})
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -172,7 +173,7 @@ def main():
     parser.add_argument('--sections', nargs='+', default=['layer', 'kernel_gen', 'video', 'seq', 'scaling'],
                         choices=['layer', 'kernel_gen', 'video', 'seq', 'scaling', 'auto'])
     parser.add_argument('--auto-batches', type=int, nargs='+', default=[1, 8, 32], help='auto section batches')
-    parser.add_argument('--max-fft-mib', type=float, default=4096, help='auto: skip FFT above this buffer size')
+    parser.add_argument('--max-fft-mib', type=float, default=1024, help='auto: skip FFT above this buffer size')
     parser.add_argument('--max-input-mib', type=float, default=512, help='auto: skip inputs larger than this')
     parser.add_argument('--shapes', nargs='+', default=None, help=f'subset of the layer shapes {list(STAGES)}')
     parser.add_argument('--dtype', default=None, choices=list(DTYPES), help='autocast dtype (default bf16 on CUDA)')

@@ -340,7 +340,7 @@ class S4ND(nn.Module):
             elif isinstance(kern, DPLRAxisKernel):
                 key = ('dplr', kern.kernel_channels, kern.nodes(t, r))
             else:  # any other axis-kernel module (e.g. frozen taps) is called on its own
-                key = ('own', i)
+                key = ('own', i, None)
             groups.setdefault(key, []).append(i)
         causal: List[Optional[Tensor]] = [None] * self.ndim
         for (family, _, size), axes in groups.items():
