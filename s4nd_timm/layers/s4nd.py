@@ -56,7 +56,7 @@ from s4nd_timm.kernels import (
 from .dplr import DPLRAxisKernel, dplr_taps
 from .ssm import DiagAxisKernel, check_init, diag_taps, kernel_compute_dtype
 
-__all__ = ['S4ND', 'LAYOUTS', 'RESOLUTIONS', 'KernelCache', 'check_resolution', 'kernel_cache_active', 'resolution_rates']
+__all__ = ['S4ND', 'LAYOUTS', 'RESOLUTIONS', 'check_resolution', 'kernel_cache_active', 'resolution_rates']
 
 # LAYOUTS ('channels_first', 'channels_last') comes from the convolution paths; import both from here.
 RESOLUTIONS = ('continuous', 'discrete')
@@ -136,7 +136,7 @@ def _fx_symbolic_tracing() -> bool:
     return check()
 
 
-class KernelCache:
+class _KernelCache:
     """The inference kernels of one layer: up to ``size`` (lengths, rates, generator) entries, least recently
     used dropped first, all dropped whenever the layer's kernel state (``S4ND._kernel_state``) changes."""
 
@@ -249,7 +249,7 @@ class S4ND(nn.Module):
         self.l_max = l_maxes
         self.resolution = resolution
         self.backend = backend
-        self._kernel_cache = KernelCache()
+        self._kernel_cache = _KernelCache()
         kernel_channels = channels * (2 if bidirectional else 1)
         common = dict(dt_min=dt_min, dt_max=dt_max, n_ssm=n_ssm, bandlimit=bandlimit, ssm_lr=ssm_lr)
         self.kernel = nn.ModuleList([
@@ -310,6 +310,8 @@ class S4ND(nn.Module):
         Returns:
             d tensors, kernels[i]: (channels, dim, 2 L_i - 1), index L_i - 1 = offset 0; causal kernels
             hold zeros at negative offsets. float32 (float64 for float64 parameters).
+        With gradients off (``kernel_cache_active``) the kernels are cached per (lengths, rates, generator) and
+        reused until anything they depend on changes (``_kernel_state``, docs/design.md §12.3).
         """
         lengths = tuple(int(n) for n in lengths)
         if len(lengths) != self.ndim:
