@@ -203,3 +203,14 @@ def test_jit_trace_records_kernel_generation_not_cached_kernels():
         traced = torch.jit.trace(layer, (x,), check_trace=False)
         layer.kernel[0].inv_dt.add_(0.5)
         torch.testing.assert_close(traced(x), _fresh(layer, x), rtol=1e-5, atol=1e-6)
+
+
+def test_layer_built_under_inference_mode_runs_uncached():
+    """Inference tensors have no version counter: such a layer generates its kernels every call."""
+    with torch.inference_mode():
+        layer = _layer('dplr')
+        x = torch.randn(2, 4, 8, 8)
+        y = layer(x)
+        assert not layer._kernel_cache.entries
+        layer.kernel[0].inv_dt.add_(0.5)
+        assert not torch.equal(layer(x), y)

@@ -322,6 +322,8 @@ class S4ND(nn.Module):
         if not kernel_cache_active():
             return self._generate(lengths, rates, rate, triton)
         state = self._kernel_state()
+        if state is None:
+            return self._generate(lengths, rates, rate, triton)
         key = (lengths, rates, triton)
         kernels = self._kernel_cache.get(state, key)
         if kernels is None:
@@ -361,16 +363,19 @@ class S4ND(nn.Module):
                 causal[i] = k[..., :taps[i]]
         return [two_sided(k, n, self.channels, self.bidirectional) for k, n in zip(causal, lengths)]
 
-    def _kernel_state(self) -> Tuple:
+    def _kernel_state(self) -> Optional[Tuple]:
         """Everything besides (lengths, rates) that the kernels depend on: l_max, each axis-kernel module and its
         settings, and each of its tensors' storage, version counter (bumped by every in-place update: optimizer
-        steps, ``load_state_dict``, ``set_raw_c``), dtype and device."""
+        steps, ``load_state_dict``, ``set_raw_c``), dtype and device. None (no caching) when a tensor was
+        created under ``torch.inference_mode`` (inference tensors have no version counter)."""
         state = [self.l_max, self.channels, self.bidirectional]
         for kern in self.kernel:
             state.append((id(kern), type(kern), getattr(kern, 'bandlimit', None), getattr(kern, 'disc', None),
                           getattr(kern, '_l_kernel', None)))
-            state.extend((t.data_ptr(), t._version, t.dtype, t.device)
-                         for t in itertools.chain(kern.parameters(), kern.buffers()))
+            for t in itertools.chain(kern.parameters(), kern.buffers()):
+                if t.is_inference():  # made under inference_mode: no version counter, so never cached
+                    return None
+                state.append((t.data_ptr(), t._version, t.dtype, t.device))
         return tuple(state)
 
     def clear_kernel_cache(self) -> None:
