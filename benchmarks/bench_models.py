@@ -180,8 +180,11 @@ def run_ratios(args) -> List[dict]:
 
 
 def _fwd_bwd(module: nn.Module, x: torch.Tensor):
+    grad = torch.randn_like(x)  # a dense output gradient, as in a model (sum().backward() would give a
+    # stride-0 one, which sends CPU bmm backward into a per-matrix loop)
+
     def step():
-        module(x).sum().backward()
+        module(x).backward(grad)
     return step
 
 
