@@ -1,8 +1,10 @@
 """Shared timers for the benchmarks: triton.testing.do_bench on CUDA, torch.utils.benchmark on CPU."""
 import datetime
+import math
+import time
 import importlib.metadata
 import platform
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.utils.benchmark as benchmark
@@ -18,6 +20,27 @@ def time_ms(fn: Callable[[], object], device: torch.device, min_run_time: float 
         return float(do_bench(fn, warmup=25, rep=100))
     fn()  # warm-up (allocator, lazy init)
     return benchmark.Timer('fn()', globals={'fn': fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def alternating_min_ms(fns: Dict[str, Callable[[], object]], rounds: int, min_s: float = 0.2) -> Dict[str, float]:
+    """Min over ``rounds`` of each fn's mean wall time (ms per call, at least ``min_s`` of calls per round), the
+    fns taking turns round by round (order reversed every other round), so load on a shared machine hits
+    every fn alike; min-of-N keeps the least disturbed round. CPU timer (no device synchronization)."""
+    for fn in fns.values():
+        fn()  # warm-up
+    best = {name: math.inf for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            calls, start = 0, time.perf_counter()
+            while True:
+                fns[name]()
+                calls += 1
+                elapsed = time.perf_counter() - start
+                if elapsed >= min_s:
+                    break
+            best[name] = min(best[name], elapsed / calls * 1e3)
+    return best
 
 
 def peak_mib(fn: Callable[[], object], device: torch.device) -> Optional[float]:

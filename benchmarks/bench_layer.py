@@ -5,13 +5,15 @@ memory floor (docs/benchmarks.md). Prints one header line and a markdown table p
     python benchmarks/bench_layer.py --device cpu --batch 2 --dtype fp32 --sections layer scaling
 
 Sections: layer (ConvNeXt-T stage shapes, 2-D), kernel_gen (all axis kernels of a layer, fwd+bwd),
-video (3-D), seq (1-D), scaling (the convolution alone, given kernels, 2-D and 1-D as the size grows:
+video (3-D), seq (1-D), auto (every layer shape of ConvNeXt-T, ViT-S and the 3-D ConvNeXt-T at batch
+1, 8, 32: the convolution alone per path next to ``backend='auto'``'s choice; ``--sections auto``), scaling (the convolution alone, given kernels, 2-D and 1-D as the size grows:
 where matmul stops beating FFT; kernel generation is the same for every path and left out).
 Memory floor: the bytes a fused fwd+bwd must move (read x, write y; read dy and x, write dx:
 5 x numel x itemsize) over the measured copy bandwidth of the device.
 """
 import argparse
 import json
+import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -94,6 +96,55 @@ def run_conv(shapes: Dict[str, Sequence[int]], backends: List[str], args) -> Lis
     return rows
 
 
+AUTO_MODELS = ('s4nd_convnext_tiny', 's4nd_vit_small_patch16', 's4nd_convnext_tiny_3d')
+
+
+def model_layer_shapes(names: Sequence[str]) -> Dict[str, tuple]:
+    """{'c x H x L..': (c, H, *L)} of every S4ND in these registered models at their default input size
+    (spatial = l_max, which the models set to the sizes their default input produces)."""
+    import timm
+    shapes = {}
+    for name in names:
+        model = timm.create_model(name, d_state=2)  # the layer shapes do not depend on d_state
+        for layer in model.modules():
+            if isinstance(layer, S4ND):
+                shape = (layer.channels, layer.dim) + tuple(layer.l_max)
+                shapes['x'.join(map(str, shape))] = shape
+    return shapes
+
+
+def run_auto(args) -> List[dict]:
+    """Per model layer shape and batch: fwd+bwd of the convolution alone (given kernels, fp32) on each path,
+    next to the path ``select_backend`` picks; shapes whose FFT buffers would exceed ``--max-fft-mib`` skipped."""
+    from s4nd_timm.kernels import select_backend
+    rows, device = [], torch.device(args.device)
+    for name, (c, dim, *spatial) in model_layer_shapes(AUTO_MODELS).items():
+        for batch in args.auto_batches:
+            x = torch.randn(batch, dim, *spatial, device=device, requires_grad=True)
+            ks = [torch.randn(c, dim, 2 * n - 1, device=device, requires_grad=True) for n in spatial]
+            D = torch.randn(c, dim, device=device, requires_grad=True)
+            fft_mib = batch * c * dim * 2 ** len(spatial) * math.prod(spatial) * 8 / 2 ** 20
+            if x.numel() * 4 / 2 ** 20 > args.max_input_mib:
+                rows.append({'shape': name, 'batch': batch, 'fft ms': 'skipped (input too large)',
+                             'auto': select_backend(x, ks)})
+                continue
+            times = {}
+            for backend in ('fft', 'matmul'):
+                if backend == 'fft' and fft_mib > args.max_fft_mib:
+                    continue
+
+                def step(backend=backend):
+                    separable_conv(x, ks, D, backend=backend).sum().backward()
+                times[backend] = time_ms(step, device, args.min_time)
+            auto = select_backend(x, ks)
+            best = min(times, key=times.get)
+            rows.append({'shape': name, 'batch': batch, 'fft ms': times.get('fft', 'skipped'),
+                         'matmul ms': times['matmul'], 'fastest': best, 'auto': auto,
+                         'auto / fastest': times.get(auto, math.inf) / times[best]})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def _toeplitz_mib(shape: Sequence[int]) -> float:
     return shape[0] * sum(n * n for n in shape[1:]) * 4 / 2 ** 20
 
@@ -120,7 +171,10 @@ def main():
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--backend', nargs='+', default=None, help='paths to time (default: fft matmul [triton])')
     parser.add_argument('--sections', nargs='+', default=['layer', 'kernel_gen', 'video', 'seq', 'scaling'],
-                        choices=['layer', 'kernel_gen', 'video', 'seq', 'scaling'])
+                        choices=['layer', 'kernel_gen', 'video', 'seq', 'scaling', 'auto'])
+    parser.add_argument('--auto-batches', type=int, nargs='+', default=[1, 8, 32], help='auto section batches')
+    parser.add_argument('--max-fft-mib', type=float, default=1024, help='auto: skip FFT above this buffer size')
+    parser.add_argument('--max-input-mib', type=float, default=512, help='auto: skip inputs larger than this')
     parser.add_argument('--shapes', nargs='+', default=None, help=f'subset of the layer shapes {list(STAGES)}')
     parser.add_argument('--dtype', default=None, choices=list(DTYPES), help='autocast dtype (default bf16 on CUDA)')
     parser.add_argument('-b', '--batch', type=int, default=128)
@@ -150,10 +204,13 @@ def main():
         shapes = {f'96x{n}x{n}': (96, n, n) for n in SCALING_2D}
         shapes.update({f'256x{n}': (256, n) for n in SCALING_1D})
         results['scaling'] = run_conv(shapes, [b for b in backends if b != 'triton'], scaled)
+    if 'auto' in args.sections:
+        results['auto'] = run_auto(args)
     for section, rows in results.items():
         print(f'\n### {section}\n')
         columns = {'kernel_gen': ['shape', 'backend', 'fwd+bwd ms'],
-                   'scaling': ['shape', 'backend', 'fwd+bwd ms', 'peak MiB']}
+                   'scaling': ['shape', 'backend', 'fwd+bwd ms', 'peak MiB'],
+                   'auto': ['shape', 'batch', 'fft ms', 'matmul ms', 'fastest', 'auto', 'auto / fastest']}
         print(table(rows, columns.get(section, COLUMNS)))
     if args.json:
         with open(args.json, 'w') as f:

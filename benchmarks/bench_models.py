@@ -4,11 +4,17 @@
                                                               # channels-last, eager and torch.compile, per backend
     python benchmarks/bench_models.py --device cpu --sections latency      # CPU inference latency, batch 1, fp32
     python benchmarks/bench_models.py --sections flops        # params and analytic GFLOPs of every s4nd_* model
+    python benchmarks/bench_models.py --device cpu            # CPU targets: S4ND / timm time ratios (``ratios``)
 
 Pairs: s4nd_convnext_tiny vs convnext_tiny, s4nd_vit_small_patch16 vs vit_small_patch16_224.
 train: img/s of one optimizer step (AdamW, fwd + bwd + step, bf16 autocast) and its peak memory;
 infer: img/s of an inference-mode forward and its peak memory. The S4ND models run once per
 ``--backends`` entry (the layer's convolution path); the timm models once.
+ratios (CPU, fp32, eager, the default section there): S4ND / timm time ratios in one run, alternating rounds,
+min of ``--rounds``: s4nd_convnext_tiny / convnext_tiny inference at batch 1 and 8 and training step (fwd + bwd +
+SGD step) at batch 8, s4nd_vit_small_patch16 / vit_small_patch16_224 inference at batch 8 (224 px); and the
+ConvNeXt-T block's S4ND-2D (as the model builds it, kernel generation included) fwd+bwd / the 7x7 depthwise conv
+at each stage shape, batch 16.
 flops: parameters, and GFLOPs per image (multiply-add = 2) at the cfg input size, as
 torch.utils.flop_counter counts everything but the S4ND convolutions (it misses FFTs) plus an analytic
 count of each S4ND convolution for the input size it sees: Toeplitz (matmul path) 2 c H ΠL ΣL_i,
@@ -23,7 +29,7 @@ from typing import Dict, List, Optional
 import timm
 import torch
 import torch.nn as nn
-from _timing import header, peak_mib, table, time_ms
+from _timing import alternating_min_ms, header, peak_mib, table, time_ms
 from torch.utils.flop_counter import FlopCounterMode
 
 import s4nd_timm  # noqa: F401  (registers the s4nd_* models)
@@ -112,6 +118,76 @@ def run_latency(args) -> List[dict]:
     return rows
 
 
+RATIO_CASES = (  # (what, S4ND model, timm model, batch, mode)
+    ('ConvNeXt-T inference b1', 's4nd_convnext_tiny', 'convnext_tiny', 1, 'infer'),
+    ('ConvNeXt-T inference b8', 's4nd_convnext_tiny', 'convnext_tiny', 8, 'infer'),
+    ('ConvNeXt-T training step b8', 's4nd_convnext_tiny', 'convnext_tiny', 8, 'train'),
+    ('ViT-S inference b8', 's4nd_vit_small_patch16', 'vit_small_patch16_224', 8, 'infer'),
+)
+RATIO_TARGETS = {'ConvNeXt-T inference b1': 1.0, 'ConvNeXt-T inference b8': 1.0, 'ConvNeXt-T training step b8': 1.1,
+                 'ViT-S inference b8': 1.0}
+LAYER_TARGET = 1.5
+RATIO_COLUMNS = ['case', 'S4ND ms', 'timm ms', 'ratio', 'target', 'met']
+
+
+def _sgd_step(model: nn.Module, x: torch.Tensor):
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    target = torch.randint(0, 1000, (x.shape[0],))
+
+    def step():
+        nn.functional.cross_entropy(model(x), target).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def _ratio_row(case: str, s4nd_ms: float, timm_ms: float, target: float) -> dict:
+    ratio = s4nd_ms / timm_ms
+    return {'case': case, 'S4ND ms': s4nd_ms, 'timm ms': timm_ms, 'ratio': ratio, 'target': f'<= {target}',
+            'met': 'yes' if ratio <= target else 'NO'}
+
+
+def run_ratios(args) -> List[dict]:
+    """The CPU targets (module docstring): every pair timed in the same alternating rounds."""
+    torch.manual_seed(0)
+    models = {name: timm.create_model(name) for _, s4nd_name, timm_name, _, _ in RATIO_CASES
+              for name in (s4nd_name, timm_name)}
+    fns, rows = {}, []
+    for case, s4nd_name, timm_name, batch, mode in RATIO_CASES:
+        x = torch.randn(batch, 3, args.img_size, args.img_size)
+        for name in (s4nd_name, timm_name):
+            model = models[name].train(mode == 'train')
+            fns[(case, name)] = _sgd_step(model, x) if mode == 'train' else _infer_step(model, x, None)
+    for case, s4nd_name, timm_name, batch, mode in RATIO_CASES:  # train/eval switches: one case at a time
+        for name in (s4nd_name, timm_name):
+            models[name].train(mode == 'train')
+        best = alternating_min_ms({name: fns[(case, name)] for name in (s4nd_name, timm_name)}, args.rounds)
+        rows.append(_ratio_row(case, best[s4nd_name], best[timm_name], RATIO_TARGETS[case]))
+    block = models['s4nd_convnext_tiny'].stages[0].blocks[0].conv_dw  # the model's S4ND settings
+    layer_fns = {}
+    for name, (dim, n) in {'96x56x56': (96, 56), '192x28x28': (192, 28), '384x14x14': (384, 14),
+                           '768x7x7': (768, 7)}.items():
+        x = torch.randn(16, dim, n, n, requires_grad=True)
+        layer = S4ND(dim, ndim=2, d_state=block.d_state, l_max=n, mode=block.mode, activation=None, postact=None,
+                     backend=args.backends[0])
+        conv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        layer_fns[(name, 's4nd')], layer_fns[(name, 'dwconv7')] = _fwd_bwd(layer, x), _fwd_bwd(conv, x)
+    best = alternating_min_ms(layer_fns, args.rounds)
+    for name in ('96x56x56', '192x28x28', '384x14x14', '768x7x7'):
+        rows.append(_ratio_row(f'S4ND-2D / dwconv7 fwd+bwd {name} b16', best[(name, 's4nd')],
+                               best[(name, 'dwconv7')], LAYER_TARGET))
+    return rows
+
+
+def _fwd_bwd(module: nn.Module, x: torch.Tensor):
+    grad = torch.randn_like(x)  # a dense output gradient, as in a model (sum().backward() would give a
+    # stride-0 one, which sends CPU bmm backward into a per-matrix loop)
+
+    def step():
+        module(x).backward(grad)
+    return step
+
+
 def s4nd_flops(layer: S4ND, spatial) -> Dict[str, float]:
     """Analytic FLOPs of one S4ND convolution (per image) for an input of these spatial lengths."""
     c, h, points = layer.channels, layer.dim, math.prod(spatial)
@@ -159,8 +235,9 @@ def model_flops(name: str) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--sections', nargs='+', default=None, choices=['train', 'infer', 'latency', 'flops'],
-                        help='default: train infer on CUDA, latency on CPU')
+    parser.add_argument('--sections', nargs='+', default=None,
+                        choices=['train', 'infer', 'latency', 'ratios', 'flops'],
+                        help='default: train infer on CUDA, ratios on CPU')
     parser.add_argument('-b', '--batch', type=int, default=128)
     parser.add_argument('--img-size', type=int, default=224)
     parser.add_argument('--dtype', default='bf16', choices=sorted(DTYPES), help='autocast dtype (train, infer)')
@@ -171,18 +248,23 @@ def main():
     parser.add_argument('--latency-models', nargs='*', default=[],
                         help='latency: more s4nd_* models, alone, at their cfg input size (2-D models only)')
     parser.add_argument('--min-time', type=float, default=1.0, help='CPU timer: minimum measured seconds')
+    parser.add_argument('--rounds', type=int, default=5, help='ratios: alternating rounds (min of N)')
     parser.add_argument('--json', default=None, help='also write the rows to this file')
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type != 'cuda':
         args.backends = [b for b in args.backends if b != 'triton']
-    sections = args.sections or (['train', 'infer'] if device.type == 'cuda' else ['latency'])
+    sections = args.sections or (['train', 'infer'] if device.type == 'cuda' else ['ratios'])
     results = {}
     for section in sections:
         if section in ('train', 'infer'):
             print(header(device, dtype=args.dtype, batch=args.batch, img=args.img_size,
                          channels_last=args.channels_last))
             rows, columns = run_throughput(section, args), COLUMNS
+        elif section == 'ratios':
+            print(header(torch.device('cpu'), dtype='fp32', img=args.img_size, rounds=args.rounds,
+                         backend=args.backends[0]))
+            rows, columns = run_ratios(args), RATIO_COLUMNS
         elif section == 'latency':
             print(header(torch.device('cpu'), dtype='fp32', batch=1, img=args.img_size))
             rows, columns = run_latency(args), ['model', 'input', 'backend', 'latency ms', 'vs timm']

@@ -27,6 +27,7 @@ __all__ = [
     'LAYOUTS',
     'MATMUL_MAX_TOEPLITZ',
     'axis_kernels_triton',
+    'check_backend',
     'select_backend',
     'separable_conv',
     'separable_conv_matmul',
@@ -44,6 +45,8 @@ HAS_TRITON = importlib.util.find_spec('triton') is not None
 # fft = fft * B*c*H*prod(2L)*log2(prod(2L)). The Toeplitz term (building the matrices, and in the backward
 # reducing their gradient to the taps) is paid once per call, so matmul wins when enough rows share each
 # matrix: every 2-D/3-D size measured (up to 512 px) and 1-D with large batches.
+# Checked on every layer shape of ConvNeXt-T, ViT-S and 3-D ConvNeXt-T at batch 1, 8, 32 (docs/benchmarks.md
+# "CPU path choice", `bench_layer.py --sections auto`): it picks the faster measured path in each case.
 CPU_COST = {'mac': 6.5e-11, 'toeplitz': 6.8e-9, 'fft': 1.5e-9}
 # 'auto' on CUDA takes the fused Triton kernel (where ``fits``) only once it has been validated and timed on a
 # GPU: so far it has run only in the Triton interpreter, so this stays False until docs/benchmarks.md has GPU rows.
@@ -52,6 +55,13 @@ AUTO_USES_TRITON = False
 CUDA_MATMUL_MAX_LEN = 256
 # Either device: never build Toeplitz matrices (c * H * sum L_i^2 elements) larger than this.
 MATMUL_MAX_TOEPLITZ = 1 << 27
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it names a convolution path (``BACKENDS``), else a ValueError saying which do."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not supported; expected one of {BACKENDS}")
+    return backend
 
 
 def triton_interpret() -> bool:
@@ -129,8 +139,7 @@ def separable_conv(
     Returns:
         (B, c * H, *spatial) or (B, *spatial, c * H), channel index c * H + h, dtype of u.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not supported; expected one of {BACKENDS}")
+    check_backend(backend)
     check_conv_args(u, ks, D, layout)
     if backend == 'auto':
         backend = select_backend(u, ks, layout)

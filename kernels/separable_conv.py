@@ -140,5 +140,5 @@ def separable_conv_matmul(
     if D is not None:
         acc = torch.float64 if work == torch.float64 else torch.float32  # skip term added at accumulation precision
         skip = D.to(acc).reshape((-1, D.shape[1]) + (1,) * d if layout == 'channels_first' else (-1, D.shape[1]))
-        y = y.to(acc) + skip * x.unsqueeze(cdim)
+        y = torch.addcmul(y.to(acc), skip, x.unsqueeze(cdim))  # one pass over y, not a product then a sum
     return y.flatten(1, 2).to(u.dtype) if layout == 'channels_first' else y.flatten(-2, -1).to(u.dtype)

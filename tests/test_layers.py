@@ -202,3 +202,22 @@ def test_bad_input_shapes_say_what_was_expected():
         last(torch.randn(2, 4, 8, 8, 8))
     with pytest.raises(ValueError, match='rate'):
         layer(torch.randn(2, 4, 8, 8), rate=(1.0, 2.0, 3.0))
+
+
+def test_auto_picks_a_valid_path_for_every_registered_model_layer_shape():
+    """backend='auto' on every S4ND layer shape of every registered model at its default input size, batch 1/8/32."""
+    import timm
+    from s4nd_timm.kernels import MATMUL_MAX_TOEPLITZ, select_backend
+    shapes = set()
+    for name in timm.list_models('s4nd_*'):
+        model = timm.create_model(name, d_state=2)  # layer shapes do not depend on d_state
+        shapes.update((m.channels, m.dim, tuple(m.l_max), m.layout) for m in model.modules() if isinstance(m, S4ND))
+    assert {(1, 96, (56, 56)), (2, 384, (196,)), (1, 768, (15, 7, 7))} <= {s[:3] for s in shapes}
+    for c, dim, spatial, layout in sorted(shapes):
+        ks = [(c, dim, 2 * n - 1) for n in spatial]
+        for batch in (1, 8, 32):
+            x = torch.empty((batch, dim) + spatial if layout == 'channels_first' else (batch,) + spatial + (dim,),
+                            device='meta')
+            path = select_backend(x, ks, layout)
+            assert path in ('fft', 'matmul'), (spatial, batch, path)
+            assert path == 'fft' or c * dim * sum(n * n for n in spatial) <= MATMUL_MAX_TOEPLITZ

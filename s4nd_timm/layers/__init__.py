@@ -1,6 +1,6 @@
 """S4ND layers."""
 from .dplr import DPLRAxisKernel
-from .s4nd import S4ND
+from .s4nd import LAYOUTS, RESOLUTIONS, S4ND, resolution_rates
 from .ssm import DiagAxisKernel
 
-__all__ = ['S4ND', 'DiagAxisKernel', 'DPLRAxisKernel']
+__all__ = ['S4ND', 'DiagAxisKernel', 'DPLRAxisKernel', 'LAYOUTS', 'RESOLUTIONS', 'resolution_rates']

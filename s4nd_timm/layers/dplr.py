@@ -34,7 +34,7 @@ stays as built at r = 1 (docs/design.md §5), so the kernel covers the same cont
 Bandlimit (docs/design.md §4): C̃ is masked by the diagonal part's frequencies exp(inv_dt) |Im Λ| / (2π).
 """
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -42,7 +42,9 @@ from torch import Tensor
 
 from .ssm import SSMAxisKernel, init_system, kernel_compute_dtype, mark_ssm_param
 
-__all__ = ['DPLRAxisKernel']
+__all__ = ['DPLRAxisKernel', 'dplr_taps']
+
+_DENSE_POWER_FROM = 32  # set_raw_c: L Sherman-Morrison steps up to this length, dense Ā^L beyond
 
 
 class DPLRAxisKernel(SSMAxisKernel):
@@ -105,8 +107,9 @@ class DPLRAxisKernel(SSMAxisKernel):
     def set_raw_c(self, c: Tensor, length: Optional[int] = None) -> None:
         """Store C̃ = C (I - Ā^L) for a raw C and set l_kernel = L (docs/design.md §1.2); float64, no gradient.
 
-        Ā is the bilinear transition at the current base step (rate 1), applied L times to the row vectors
-        of C in the conjugate-augmented space in O(C_k H M) per step (Sherman-Morrison for (I - ΔA/2)^{-1}).
+        Ā is the bilinear transition at the current base step (rate 1) in the conjugate-augmented space
+        (Sherman-Morrison for (I - ΔA/2)^{-1}): applied L times to the row vectors of C for short kernels, built
+        densely per feature and raised to the power L by repeated squaring for long ones (model construction time).
         Args:
             c: (C_k, H, M, 2) raw C as (re, im) pairs.
             length: L; default ``l_max``.
@@ -128,11 +131,20 @@ class DPLRAxisKernel(SSMAxisKernel):
         sm_denom = 1 + alpha * (q2 * p2 / d).sum(-1, keepdim=True)  # (H, 1)
         w0 = torch.view_as_complex(c.to(work).contiguous())
         w0 = torch.cat([w0, w0.conj()], dim=-1)  # (C_k, H, 2M)
-        w = w0
-        for _ in range(length):  # w <- w Ā = w (diag(d) + α p q^T)^{-1} (diag(e) - α p q^T)
+
+        def times_a_bar(w):  # row vectors w (..., H, 2M) -> w Ā = w (diag(d) + α p q^T)^{-1} (diag(e) - α p q^T)
             u = w / d
             u = u - alpha * (u * p2).sum(-1, keepdim=True) * (q2 / d) / sm_denom
-            w = u * e - alpha * (u * p2).sum(-1, keepdim=True) * q2
+            return u * e - alpha * (u * p2).sum(-1, keepdim=True) * q2
+
+        if length <= _DENSE_POWER_FROM:
+            w = w0
+            for _ in range(length):
+                w = times_a_bar(w)
+        else:  # long kernels: dense Ā_h, raised to the power L by repeated squaring (log2 L batched matmuls)
+            eye = torch.eye(2 * m, dtype=w0.dtype).unsqueeze(1).expand(-1, w0.shape[1], -1)  # (2M, H, 2M)
+            a_bar = times_a_bar(eye).transpose(0, 1)  # (H, 2M, 2M): row i of Ā_h = e_i Ā_h
+            w = torch.einsum('chi,hij->chj', w0, torch.linalg.matrix_power(a_bar, length))  # w0 Ā^L
         self.C.copy_(torch.view_as_real((w0 - w)[..., :m]).to(self.C.dtype))
         self.l_kernel.fill_(length)
         self._l_kernel = int(length)
@@ -146,11 +158,13 @@ class DPLRAxisKernel(SSMAxisKernel):
         if prefix + 'l_kernel' in state_dict and self._l_kernel == 0:
             self.set_raw_c(self.C.detach().clone())
 
-    def forward(self, length: int, rate: float = 1.0) -> Tensor:
-        """Causal kernel taps: (C_k, H, length), real, float32 (float64 for float64 params); autocast off.
+    def cauchy_inputs(self, rate: float = 1.0) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """What ``dplr_taps`` needs at this rate: Δ = exp(inv_dt) r (H, 1) and Λ, B, P (H, M), C̃ (C_k, H, M)."""
+        dt_base, lam, b, c = self.modes()
+        return dt_base * rate, lam, b, c, self.low_rank()
 
-        At most round(l_kernel / rate) taps (the extent C̃ was built for); S4ND never asks for more.
-        """
+    def nodes(self, length: int, rate: float = 1.0) -> int:
+        """L_d = round(l_kernel / rate) frequency nodes; raises unless 1 <= length <= L_d."""
         l_kernel = self._l_kernel
         nodes = round(l_kernel / rate)
         if not 1 <= length <= nodes:
@@ -158,21 +172,50 @@ class DPLRAxisKernel(SSMAxisKernel):
                 f"DPLR kernel asked for {length} taps at rate={rate}; its C̃ was built for l_kernel={l_kernel} taps "
                 f"at rate 1, so at rate {rate} it has round(l_kernel / rate) = {nodes}. Ask for at most {nodes} taps "
                 f"(S4ND caps taps at round(l_max / rate)), or build the layer with a larger l_max.")
+        return nodes
+
+    def forward(self, length: int, rate: float = 1.0) -> Tensor:
+        """Causal kernel taps: (C_k, H, length), real, float32 (float64 for float64 params); autocast off.
+
+        At most round(l_kernel / rate) taps (the extent C̃ was built for); S4ND never asks for more.
+        """
+        nodes = self.nodes(length, rate)
         with torch.autocast(self.C.device.type, enabled=False):
-            dt_base, lam, b, c = self.modes()
-            p = self.low_rank()
-            real = dt_base.dtype
-            dt = dt_base * rate  # (H, 1)
-            dl = (dt * lam).unsqueeze(-1)  # (H, M, 1)
-            half = torch.arange(nodes // 2 + 1, device=c.device, dtype=torch.float64) * (math.pi / nodes)
-            sin, cos = half.sin().to(real), half.cos().to(real)  # (F,)
-            inv_den = (2j * sin - dl * cos).reciprocal()  # (H, M, F)
-            inv_den_conj = (2j * sin - dl.conj() * cos).reciprocal()
-            x = torch.stack([b, p])  # (2, H, M): B, P
-            y = torch.cat([c, p.conj().unsqueeze(0)])  # (C_k + 1, H, M): C̃, Q
-            v = dt * x.unsqueeze(1) * y.unsqueeze(0)  # (2, C_k + 1, H, M)
-            t = (torch.einsum('xyhm,hmf->xyhf', v, inv_den)
-                 + torch.einsum('xyhm,hmf->xyhf', v.conj(), inv_den_conj))  # (2, C_k + 1, H, F)
-            k_hat = t[0, :-1] - cos * t[0, -1:] * t[1, :-1] / (1 + cos * t[1, -1:])
-            k_hat = k_hat * torch.polar(torch.ones_like(half), half).to(k_hat.dtype)
-            return torch.fft.irfft(k_hat, n=nodes)[..., :length]
+            return dplr_taps(*self.cauchy_inputs(rate), nodes, length)
+
+
+def dplr_taps(dt: Tensor, lam: Tensor, b: Tensor, c: Tensor, p: Tensor, nodes: int, length: int) -> Tensor:
+    """The DPLR kernel's first ``length`` taps from its generating function on ``nodes`` nodes (module docstring).
+
+    Args:
+        dt: (H, 1) step Δ (base step times rate); lam, b, p: (H, M) complex Λ, B, P; c: (C_k, H, M) complex C̃.
+            Several axis kernels with the same ``nodes`` can be stacked along H and computed in one call.
+    Returns:
+        (C_k, H, length) real, in dt's dtype.
+    The Cauchy sums over the 2M modes (both halves of each conjugate pair) are one real batched matmul:
+    with 1 / (2i sin - ΔΛ cos) = G1 and its conjugate-mode twin G2 (H, M, F), Σ v G1 + conj(v) G2 =
+    [Re v, Im v] @ [[Re(G1 + G2), Im(G1 + G2)], [Im(G2 - G1), Re(G1 - G2)]].
+    """
+    real = dt.dtype
+    half = torch.arange(nodes // 2 + 1, device=dt.device, dtype=torch.float64) * (math.pi / nodes)
+    sin, cos = half.sin().to(real), half.cos().to(real)  # (F,)
+    dl = dt * lam  # (H, M)
+    den_re = -dl.real.unsqueeze(-1) * cos  # (H, M, F): Re of both denominators
+    den_im1 = 2 * sin - dl.imag.unsqueeze(-1) * cos  # Im of 2i sin - ΔΛ cos
+    den_im2 = 2 * sin + dl.imag.unsqueeze(-1) * cos  # Im of 2i sin - conj(ΔΛ) cos
+    scale1 = (den_re * den_re + den_im1 * den_im1).reciprocal()
+    scale2 = (den_re * den_re + den_im2 * den_im2).reciprocal()
+    g_re1, g_im1 = den_re * scale1, -den_im1 * scale1  # 1 / den1
+    g_re2, g_im2 = den_re * scale2, -den_im2 * scale2
+    g = torch.cat([torch.cat([g_re1 + g_re2, g_im1 + g_im2], -1),
+                   torch.cat([g_im2 - g_im1, g_re1 - g_re2], -1)], -2)  # (H, 2M, 2F)
+    x = torch.stack([b, p])  # (2, H, M): B, P
+    y = torch.cat([c, p.conj().unsqueeze(0)])  # (C_k + 1, H, M): C̃, Q
+    v = (dt * x.unsqueeze(1) * y.unsqueeze(0)).flatten(0, 1)  # (2 (C_k + 1), H, M)
+    vr = torch.cat([v.real, v.imag], -1).transpose(0, 1)  # (H, 2 (C_k + 1), 2M)
+    t = torch.bmm(vr, g).transpose(0, 1)  # (2 (C_k + 1), H, 2F)
+    f = sin.shape[0]
+    t = torch.complex(t[..., :f], t[..., f:]).unflatten(0, (2, -1))  # (2, C_k + 1, H, F)
+    k_hat = t[0, :-1] - cos * t[0, -1:] * t[1, :-1] / (1 + cos * t[1, -1:])
+    k_hat = k_hat * torch.polar(torch.ones_like(half), half).to(k_hat.dtype)
+    return torch.fft.irfft(k_hat, n=nodes)[..., :length]

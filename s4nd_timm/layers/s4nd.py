@@ -40,6 +40,8 @@ Choices where the reference leaves room: kernels and FFTs run in float32 with au
 the result is cast back to the input dtype (the reference casts fp16 to fp32 and ends in fp32);
 postact=None with channels > 1 is refused rather than returning c x H features.
 """
+import itertools
+from collections import OrderedDict
 from numbers import Real
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -47,14 +49,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.fx import _symbolic_trace
 
-from s4nd_timm.kernels import BACKENDS, axis_kernels_triton, select_backend, separable_conv, triton_usable
-from .dplr import DPLRAxisKernel
-from .ssm import DiagAxisKernel, check_init, kernel_compute_dtype
+from s4nd_timm.kernels import (
+    LAYOUTS, axis_kernels_triton, check_backend, select_backend, separable_conv, triton_usable)
+from .dplr import DPLRAxisKernel, dplr_taps
+from .ssm import DiagAxisKernel, check_init, diag_taps, kernel_compute_dtype
 
-__all__ = ['S4ND']
+__all__ = ['S4ND', 'LAYOUTS', 'RESOLUTIONS', 'check_resolution', 'kernel_cache_active', 'resolution_rates']
 
-LAYOUTS = ('channels_first', 'channels_last')
+# LAYOUTS ('channels_first', 'channels_last') comes from the convolution paths; import both from here.
 RESOLUTIONS = ('continuous', 'discrete')
 ACTIVATIONS = ('gelu', None)
 POSTACTS = (None, 'linear', 'glu')
@@ -71,6 +75,36 @@ def _per_axis(value, ndim: int, name: str) -> Tuple:
     return value
 
 
+def check_resolution(resolution: str) -> str:
+    """``resolution`` if it is a resolution mode (``RESOLUTIONS``), else a ValueError saying which are."""
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution={resolution!r} is not supported; expected one of {RESOLUTIONS}")
+    return resolution
+
+
+def resolution_rates(
+        l_max: Sequence[Optional[int]], lengths: Sequence[int], resolution: str, rate=None) -> Tuple[float, ...]:
+    """The per-axis rate rule (docs/design.md §5), for the layer and for models that pass one rate to all layers.
+
+    Args:
+        l_max: base length per axis (None: no base resolution on that axis).
+        lengths: the input's length per axis.
+        resolution: 'continuous' (r_i = l_max_i / L_i, 1 without l_max) or 'discrete' (r = 1).
+        rate: an override, a positive float or one per axis; returned as given.
+    Returns:
+        one float per axis.
+    """
+    ndim = len(lengths)
+    if rate is not None:
+        rates = _per_axis(rate, ndim, 'rate')
+        if not all(r > 0 for r in rates):
+            raise ValueError(f"rate must be positive; got {rate}")
+        return tuple(float(r) for r in rates)
+    if check_resolution(resolution) == 'discrete':
+        return (1.0,) * ndim
+    return tuple(1.0 if lm is None else lm / n for lm, n in zip(_per_axis(l_max, ndim, 'l_max'), lengths))
+
+
 def two_sided(k: Tensor, length: int, channels: int, bidirectional: bool) -> Tensor:
     """Causal taps (C_k, H, L_k) -> two-sided kernel (c, H, 2 * length - 1), index length-1 = offset 0.
 
@@ -84,6 +118,50 @@ def two_sided(k: Tensor, length: int, channels: int, bidirectional: bool) -> Ten
     m = min(taps, length - 1)
     bwd = F.pad(k[channels:, :, :m].flip(-1), (length - 1 - m, length))
     return fwd + bwd
+
+
+
+def kernel_cache_active() -> bool:
+    """True when ``S4ND.axis_kernels`` may reuse cached kernels: gradients off (``torch.no_grad``,
+    ``torch.inference_mode``) and not inside torch.compile, torch.export, FX or TorchScript tracing."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting()
+                or _fx_symbolic_tracing())
+
+
+def _fx_symbolic_tracing() -> bool:
+    # is_fx_symbolic_tracing is the newer name (plain is_fx_tracing logs a warning there)
+    check = getattr(_symbolic_trace, 'is_fx_symbolic_tracing', None) or _symbolic_trace.is_fx_tracing
+    return check()
+
+
+class _KernelCache:
+    """The inference kernels of one layer: up to ``size`` (lengths, rates, generator) entries, least recently
+    used dropped first, all dropped whenever the layer's kernel state (``S4ND._kernel_state``) changes."""
+
+    def __init__(self, size: int = 4):
+        self.size, self.state, self.entries = size, None, OrderedDict()
+
+    def get(self, state: Tuple, key: Tuple) -> Optional[List[Tensor]]:
+        if state != self.state:
+            self.clear()
+            self.state = state
+            return None
+        hit = self.entries.get(key)
+        if hit is not None:
+            self.entries.move_to_end(key)
+        return hit
+
+    def put(self, state: Tuple, key: Tuple, kernels: List[Tensor]) -> None:
+        self.state = state
+        self.entries[key] = list(kernels)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self.state = None
+        self.entries.clear()
 
 
 class S4ND(nn.Module):
@@ -143,12 +221,10 @@ class S4ND(nn.Module):
         super().__init__()
         if ndim not in (1, 2, 3):
             raise ValueError(f"ndim must be 1, 2 or 3 (spatial axes); got ndim={ndim}")
-        if d_state < 2 or d_state % 2:
-            raise ValueError(f"d_state must be a positive even number (N/2 complex modes are kept); got {d_state}")
         if channels < 1:
             raise ValueError(f"channels must be >= 1; got {channels}")
         for name, value, allowed in (
-                ('layout', layout, LAYOUTS), ('resolution', resolution, RESOLUTIONS),
+                ('layout', layout, LAYOUTS),
                 ('activation', activation, ACTIVATIONS), ('postact', postact, POSTACTS), ('mode', mode, MODES)):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not supported; expected one of {allowed}")
@@ -173,6 +249,7 @@ class S4ND(nn.Module):
         self.l_max = l_maxes
         self.resolution = resolution
         self.backend = backend
+        self._kernel_cache = _KernelCache()
         kernel_channels = channels * (2 if bidirectional else 1)
         common = dict(dt_min=dt_min, dt_max=dt_max, n_ssm=n_ssm, bandlimit=bandlimit, ssm_lr=ssm_lr)
         self.kernel = nn.ModuleList([
@@ -194,9 +271,7 @@ class S4ND(nn.Module):
 
     @resolution.setter
     def resolution(self, value: str) -> None:
-        if value not in RESOLUTIONS:
-            raise ValueError(f"resolution={value!r} is not supported; expected one of {RESOLUTIONS}")
-        self._resolution = value
+        self._resolution = check_resolution(value)
 
     @property
     def backend(self) -> str:
@@ -204,9 +279,7 @@ class S4ND(nn.Module):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        if value not in BACKENDS:
-            raise ValueError(f"backend={value!r} is not supported; expected one of {BACKENDS}")
-        self._backend = value
+        self._backend = check_backend(value)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, ndim={self.ndim}, d_state={self.d_state}, channels={self.channels}, "
@@ -215,14 +288,7 @@ class S4ND(nn.Module):
 
     def rates(self, lengths: Sequence[int], rate=None) -> Tuple[float, ...]:
         """Per-axis rate for an input of these spatial lengths (the override, or the mode's rule)."""
-        if rate is not None:
-            rates = _per_axis(rate, self.ndim, 'rate')
-            if not all(r > 0 for r in rates):
-                raise ValueError(f"rate must be positive; got {rate}")
-            return tuple(float(r) for r in rates)
-        if self.resolution == 'discrete':
-            return (1.0,) * self.ndim
-        return tuple(1.0 if lm is None else lm / n for lm, n in zip(self.l_max, lengths))
+        return resolution_rates(self.l_max, lengths, self.resolution, rate)
 
     def kernel_lengths(self, lengths: Sequence[int], rates: Sequence[float]) -> Tuple[int, ...]:
         """Taps per axis: L_k,i = min(L_i, round(l_max_i / r_i)) (L_i without l_max), at least 1."""
@@ -244,19 +310,86 @@ class S4ND(nn.Module):
         Returns:
             d tensors, kernels[i]: (channels, dim, 2 L_i - 1), index L_i - 1 = offset 0; causal kernels
             hold zeros at negative offsets. float32 (float64 for float64 parameters).
+        With gradients off (``kernel_cache_active``) the kernels are cached per (lengths, rates, generator) and
+        reused until anything they depend on changes (``_kernel_state``, docs/design.md §12.3).
         """
         lengths = tuple(int(n) for n in lengths)
         if len(lengths) != self.ndim:
             raise ValueError(f"lengths needs {self.ndim} entries (one per spatial axis); got {lengths}")
+        triton = ((backend or self.backend) == 'triton' and self.mode == 'diag' and self.D.dtype == torch.float32
+                  and triton_usable(self.D))
         rates = self.rates(lengths, rate)
+        if not kernel_cache_active():
+            return self._generate(lengths, rates, triton)
+        state = self._kernel_state()
+        if state is None:
+            return self._generate(lengths, rates, triton)
+        key = (lengths, rates, triton)
+        kernels = self._kernel_cache.get(state, key)
+        if kernels is None:
+            kernels = self._generate(lengths, rates, triton)
+            self._kernel_cache.put(state, key, kernels)
+        return list(kernels)
+
+    def _generate(self, lengths: Tuple[int, ...], rates: Tuple[float, ...], triton: bool) -> List[Tensor]:
+        """Generate the two-sided kernels. Axes whose kernels have the same family and size (diag: same taps; DPLR:
+        same node count) are stacked along H and generated by one ``diag_taps`` / ``dplr_taps`` call."""
         taps = self.kernel_lengths(lengths, rates)
-        if ((backend or self.backend) == 'triton' and self.mode == 'diag' and self.D.dtype == torch.float32
-                and triton_usable(self.D)):
+        if triton:
             w, log_step = zip(*[kern.discretize(r) for kern, r in zip(self.kernel, rates)])
             return axis_kernels_triton(w, log_step, lengths, taps, self.channels)
-        return [
-            two_sided(kern(t, r), n, self.channels, self.bidirectional)
-            for kern, n, t, r in zip(self.kernel, lengths, taps, rates)]
+        groups = {}
+        for i, (kern, t, r) in enumerate(zip(self.kernel, taps, rates)):
+            if isinstance(kern, DiagAxisKernel):
+                key = ('diag', kern.kernel_channels, t)
+            elif isinstance(kern, DPLRAxisKernel):
+                key = ('dplr', kern.kernel_channels, kern.nodes(t, r))
+            else:  # any other axis-kernel module (e.g. frozen taps) is called on its own
+                key = ('own', i, None)
+            groups.setdefault(key, []).append(i)
+        causal: List[Optional[Tensor]] = [None] * self.ndim
+        for (family, _, size), axes in groups.items():
+            if family == 'own' or len(axes) == 1:
+                for i in axes:
+                    causal[i] = self.kernel[i](taps[i], rates[i])
+                continue
+            if family == 'diag':
+                w, s = zip(*[self.kernel[i].discretize(rates[i]) for i in axes])
+                stacked = diag_taps(torch.cat(w, 1), torch.cat(s, 0), size)
+            else:
+                dt, lam, b, c, p = zip(*[self.kernel[i].cauchy_inputs(rates[i]) for i in axes])
+                cat0 = [torch.cat(t, 0) for t in (dt, lam, b)]
+                stacked = dplr_taps(*cat0, torch.cat(c, 1), torch.cat(p, 0), size, max(taps[i] for i in axes))
+            for i, k in zip(axes, stacked.split(self.dim, dim=1)):
+                causal[i] = k[..., :taps[i]]
+        return [two_sided(k, n, self.channels, self.bidirectional) for k, n in zip(causal, lengths)]
+
+    def _kernel_state(self) -> Optional[Tuple]:
+        """Everything besides (lengths, rates) that the kernels depend on: l_max, each axis-kernel module and its
+        settings, and each of its tensors' storage, version counter (bumped by every in-place update: optimizer
+        steps, ``load_state_dict``, ``set_raw_c``), dtype and device. None (no caching) when a tensor was
+        created under ``torch.inference_mode`` (inference tensors have no version counter)."""
+        state = [self.l_max, self.channels, self.bidirectional]
+        for kern in self.kernel:
+            state.append((id(kern), type(kern), getattr(kern, 'bandlimit', None), getattr(kern, 'disc', None),
+                          getattr(kern, '_l_kernel', None)))
+            for t in itertools.chain(kern.parameters(), kern.buffers()):
+                if t.is_inference():  # made under inference_mode: no version counter, so never cached
+                    return None
+                state.append((t.data_ptr(), t._version, t.dtype, t.device))
+        return tuple(state)
+
+    def clear_kernel_cache(self) -> None:
+        """Drop the cached inference kernels (done automatically on every change the cache can see)."""
+        self._kernel_cache.clear()
+
+    def train(self, mode: bool = True):
+        self._kernel_cache.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._kernel_cache.clear()  # .to(), .half(), .cuda(), ...: new tensors
+        return super()._apply(fn, *args, **kwargs)
 
     def _check_input(self, x: Tensor) -> None:
         """(B, dim, *spatial) (or channels-last) with B and every spatial length >= 1, else one ValueError."""

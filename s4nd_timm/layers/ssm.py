@@ -49,8 +49,8 @@ import torch.nn as nn
 from torch import Tensor
 
 __all__ = [
-    'INITS', 'DIAG_INITS', 'DPLR_INITS', 'SSMInit', 'check_init', 'init_system', 'ssm_init', 'hippo_nplr',
-    'hippo_legs', 'SSMAxisKernel', 'DiagAxisKernel', 'kernel_compute_dtype', 'mark_ssm_param']
+    'INITS', 'DIAG_INITS', 'DPLR_INITS', 'SSMInit', 'check_init', 'init_system', 'hippo_nplr',
+    'hippo_legs', 'SSMAxisKernel', 'DiagAxisKernel', 'diag_taps', 'kernel_compute_dtype', 'mark_ssm_param']
 
 # The one init table (docs/design.md §3): name -> the single inits that split the S sets evenly, in order. A single
 # init is (family, low_rank): the (A, B) family and whether its DPLR form keeps the HiPPO low-rank P
@@ -183,12 +183,6 @@ def init_system(init: str, d_state: int, n_ssm: int, mode: str = 'dplr') -> SSMI
     sets = [torch.stack(_init_one(family, low_rank, d_state)).unsqueeze(1).expand(-1, per, -1)
             for family, low_rank in parts]
     return SSMInit(*torch.cat(sets, dim=1).clone())
-
-
-def ssm_init(init: str, d_state: int, n_ssm: int) -> Tuple[Tensor, Tensor]:
-    """A, B for `n_ssm` sets of a diagonal SSM: (S, M) complex128 each, Im A <= 0."""
-    system = init_system(init, d_state, n_ssm, mode='diag')
-    return system.A, system.B
 
 
 def kernel_compute_dtype(t: Tensor) -> torch.dtype:
@@ -353,7 +347,21 @@ class DiagAxisKernel(SSMAxisKernel):
 
     def forward(self, length: int, rate: float = 1.0) -> Tensor:
         """Causal kernel taps: (C_k, H, length), real, float32 (float64 for float64 params)."""
-        w, log_step = self.discretize(rate)
-        pos = torch.arange(length, device=w.device, dtype=w.real.dtype)
-        vandermonde = torch.exp(log_step.unsqueeze(-1) * pos)  # (H, M, L)
-        return 2 * torch.einsum('chm,hml->chl', w, vandermonde).real
+        return diag_taps(*self.discretize(rate), length)
+
+
+def diag_taps(w: Tensor, log_step: Tensor, length: int) -> Tensor:
+    """K[c, h, l] = 2 Re Σ_n W[c, h, n] e^{s[h, n] l} for l < length, as one real batched matmul.
+
+    Args:
+        w: (C_k, H, M) complex; log_step: (H, M) complex (``DiagAxisKernel.discretize``). Several axis kernels
+            can be stacked along H and computed in one call.
+    Returns:
+        (C_k, H, length) real: 2 [Re W, -Im W] @ [e^{Re s l} cos(Im s l); e^{Re s l} sin(Im s l)].
+    """
+    pos = torch.arange(length, device=w.device, dtype=w.real.dtype)
+    mag = torch.exp(log_step.real.unsqueeze(-1) * pos)  # (H, M, L)
+    ang = log_step.imag.unsqueeze(-1) * pos
+    vandermonde = torch.cat([mag * ang.cos(), mag * ang.sin()], -2)  # (H, 2M, L)
+    coef = torch.cat([w.real, -w.imag], -1).transpose(0, 1)  # (H, C_k, 2M)
+    return 2 * torch.bmm(coef, vandermonde).transpose(0, 1)

@@ -63,13 +63,16 @@ def freeze_s4nd_kernels(model: nn.Module, *example_args, **example_kwargs) -> nn
         raise ValueError(f"{type(model).__name__} holds no S4ND layer; nothing to freeze")
     records: Dict[nn.Module, Dict[Tuple[int, float], Tensor]] = {}
 
-    def record(module, args, kwargs, output):
-        length = kwargs.get('length', args[0] if args else None)
-        rate = kwargs.get('rate', args[1] if len(args) > 1 else 1.0)
-        records.setdefault(module, {})[(int(length), float(rate))] = output.detach().clone()
+    def record(layer, args, kwargs):  # the (taps, rate) each axis kernel is asked for at this input
+        x = args[0]
+        rate = kwargs.get('rate', args[1] if len(args) > 1 else None)
+        spatial = tuple(x.shape[2:] if layer.layout == 'channels_first' else x.shape[1:-1])
+        rates = layer.rates(spatial, rate)
+        for kernel, taps, r in zip(layer.kernel, layer.kernel_lengths(spatial, rates), rates):
+            if not isinstance(kernel, FrozenAxisKernel):
+                records.setdefault(kernel, {})[(int(taps), float(r))] = kernel(taps, r).detach().clone()
 
-    kernels = [k for layer in layers for k in layer.kernel if not isinstance(k, FrozenAxisKernel)]
-    handles = [k.register_forward_hook(record, with_kwargs=True) for k in kernels]
+    handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
     try:
         model(*example_args, **example_kwargs)
     finally:
