@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from _timing import copy_bandwidth, header, peak_mib, table, time_ms
 from s4nd_timm import S4ND
-from s4nd_timm.kernels import HAS_TRITON, axis_kernels_triton, separable_conv
+from s4nd_timm.kernels import HAS_TRITON, separable_conv
 
 STAGES = {'96x56x56': (96, 56, 56), '192x28x28': (192, 28, 28), '384x14x14': (384, 14, 14), '768x7x7': (768, 7, 7)}
 VIDEO = {'96x8x56x56': (96, 8, 56, 56)}
@@ -154,7 +154,7 @@ def run_kernel_gen(args) -> List[dict]:
     rows, device = [], torch.device(args.device)
     paths = {'torch': lambda layer, lengths: layer.axis_kernels(lengths)}
     if device.type == 'cuda' and HAS_TRITON:
-        paths['triton'] = axis_kernels_triton
+        paths['triton'] = lambda layer, lengths: layer.axis_kernels(lengths, backend='triton')
     for name, shape in {**STAGES, **VIDEO}.items():
         layer = _layer(shape, 'auto', device, args.d_state)
         for path, generate in paths.items():

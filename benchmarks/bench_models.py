@@ -203,7 +203,7 @@ def model_flops(name: str) -> dict:
     model = timm.create_model(name).eval()
     cfg = model.pretrained_cfg
     size = tuple(cfg['input_size'])
-    if getattr(model, 'num_frames', None):
+    if getattr(model, 'num_frames', None) and len(size) == 3:
         size = (size[0], model.num_frames) + size[1:]
     spatial: Dict[str, tuple] = {}
     names = {m: n for n, m in model.named_modules()}

@@ -41,8 +41,6 @@ def test_dry_run_runs_every_section(dry_run):
     assert '| 8x12x12 | triton |' in text and '### models' in text and 'compile: skipped' in text
 
 
-@pytest.mark.xfail(strict=True, reason="S4ND models fail after model.to(memory_format=torch.channels_last) "
-                                       "(4-D SSM parameter C gets channels-last strides; view_as_complex refuses it)")
 def test_dry_run_model_benchmark_channels_last(dry_run):
     assert not dry_run['failures'], dry_run['failures']
     models = {(r['mode'], r['model']) for r in dry_run['models'] if r['img/s'] > 0}

@@ -212,6 +212,23 @@ def test_torchscript_is_refused_with_the_export_paths(name):
         torch.jit.script(model)
 
 
+def test_torchscript_is_refused_for_the_layer_too():
+    from s4nd_timm.layers import S4ND
+    with pytest.raises(RuntimeError, match=r'TorchScript is not supported.*torch\.export.*ONNX'):
+        torch.jit.script(S4ND(4, ndim=2, d_state=4, l_max=8))
+
+
+@pytest.mark.parametrize('name', ['s4nd_convnext_micro', 's4nd_vit_tiny_patch16', 's4nd_iso_cifar_small'])
+def test_channels_last_model_runs(name):
+    """model.to(memory_format=torch.channels_last) (timm's --channels-last) restrides the 4-D SSM tensors."""
+    model, x = _small(name)
+    model.eval()
+    with torch.no_grad():
+        want = model(x)
+        got = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------ ViT-S4ND against the reference
 def _reference_vit_state_dict(embed: int, depth: int, patch: int, n_tokens: int, classes: int, m: int = 2):
     """A synthetic reference-format ViT-S4ND state dict (diagonal kernels, HEAD parameter names), float64."""

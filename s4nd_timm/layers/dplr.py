@@ -101,7 +101,7 @@ class DPLRAxisKernel(SSMAxisKernel):
     def low_rank(self, dtype: Optional[torch.dtype] = None) -> Tensor:
         """P tiled over the features: (H, M) complex (R = 1), in ``dtype`` (default: the compute dtype)."""
         dtype = dtype or kernel_compute_dtype(self.C)
-        return torch.view_as_complex(self.P.to(dtype)[0]).repeat(self.dim // self.n_ssm, 1)
+        return torch.view_as_complex(self.P.to(dtype).contiguous()[0]).repeat(self.dim // self.n_ssm, 1)
 
     @torch.no_grad()
     def set_raw_c(self, c: Tensor, length: Optional[int] = None) -> None:

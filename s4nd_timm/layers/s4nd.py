@@ -60,6 +60,11 @@ __all__ = ['S4ND', 'LAYOUTS', 'RESOLUTIONS', 'check_resolution', 'kernel_cache_a
 
 # LAYOUTS ('channels_first', 'channels_last') comes from the convolution paths; import both from here.
 RESOLUTIONS = ('continuous', 'discrete')
+TORCHSCRIPT_UNSUPPORTED = (
+    "TorchScript is not supported by S4ND and the s4nd_* models (the S4ND layer's Python, e.g. per-axis tuples "
+    "with None, backend selection by shape and complex kernel generation, is outside TorchScript's subset, and PyTorch "
+    "deprecates TorchScript). Export with torch.export.export(model, (x,)) after model.s4nd_backend = 'matmul', or "
+    "to ONNX after s4nd_timm.models.freeze_s4nd_kernels(model, x); see docs/models.md, 'Export'.")
 ACTIVATIONS = ('gelu', None)
 POSTACTS = (None, 'linear', 'glu')
 MODES = ('diag', 'dplr')
@@ -280,6 +285,10 @@ class S4ND(nn.Module):
     @backend.setter
     def backend(self, value: str) -> None:
         self._backend = check_backend(value)
+
+    def __prepare_scriptable__(self):
+        """Called by ``torch.jit.script`` before compiling: refuse with the export paths that work."""
+        raise RuntimeError(TORCHSCRIPT_UNSUPPORTED)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, ndim={self.ndim}, d_state={self.d_state}, channels={self.channels}, "

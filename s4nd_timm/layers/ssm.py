@@ -263,8 +263,8 @@ class SSMAxisKernel(nn.Module):
         dt_base = self.inv_dt.to(dtype).exp()
         a_imag = self.A_imag.to(dtype).repeat(reps, 1)
         a = torch.complex(-self.A_real.to(dtype).exp(), -self.A_imag.to(dtype)).repeat(reps, 1)
-        b = torch.view_as_complex(self.B.to(dtype)[0]).repeat(reps, 1)
-        c = torch.view_as_complex(self.C.to(dtype))
+        b = torch.view_as_complex(self.B.to(dtype).contiguous()[0]).repeat(reps, 1)
+        c = torch.view_as_complex(self.C.to(dtype).contiguous())  # contiguous: model.to(channels_last) restrides 4-D tensors
         if self.bandlimit is not None:
             freq = dt_base * a_imag / (2 * math.pi)
             c = c * (freq < self.bandlimit / 2).to(dtype)

@@ -18,7 +18,7 @@ from timm.layers import register_notrace_module
 from timm.models import generate_default_cfgs
 
 from s4nd_timm.layers import S4ND
-from s4nd_timm.layers.s4nd import RESOLUTIONS
+from s4nd_timm.layers.s4nd import TORCHSCRIPT_UNSUPPORTED, check_resolution
 
 from ._builder import HF_ORG
 
@@ -27,11 +27,6 @@ __all__ = [
 
 register_notrace_module(S4ND)  # torch.fx leaf: shape-dependent kernel generation runs on the real input
 
-TORCHSCRIPT_UNSUPPORTED = (
-    "TorchScript is not supported by the s4nd_* models (the S4ND layer's Python, e.g. per-axis tuples with None, "
-    "backend selection by shape and complex kernel generation, is outside TorchScript's subset, and PyTorch "
-    "deprecates TorchScript). Export with torch.export.export(model, (x,)) after model.s4nd_backend = 'matmul', or "
-    "to ONNX after s4nd_timm.models.freeze_s4nd_kernels(model, x); see docs/models.md, 'Export'.")
 # pretrained_cfg fields shared by every s4nd_* model
 PAPER_CFG = {
     'license': 'apache-2.0',
@@ -68,13 +63,9 @@ def s4nd_layer_args(
 ) -> Dict:
     """Keyword arguments shared by every S4ND of one model (the per-site ones, dim, ndim, l_max,
     activation, postact, layout, are added where the layer is built)."""
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"s4nd_resolution={resolution!r} is not supported; expected one of {RESOLUTIONS}")
-    if not 0 < dt_min <= dt_max:
-        raise ValueError(f"need 0 < dt_min <= dt_max; got dt_min={dt_min}, dt_max={dt_max}")
     return dict(
         d_state=d_state, dt_min=dt_min, dt_max=dt_max, bandlimit=bandlimit, ssm_lr=ssm_lr,
-        mode=mode, init=init, backend=backend, resolution=resolution)
+        mode=mode, init=init, backend=backend, resolution=check_resolution(resolution))
 
 
 def check_num_classes(num_classes: int) -> None:
@@ -102,8 +93,7 @@ class S4NDModelMixin:
 
     @s4nd_resolution.setter
     def s4nd_resolution(self, value: str) -> None:
-        if value not in RESOLUTIONS:
-            raise ValueError(f"s4nd_resolution={value!r} is not supported; expected one of {RESOLUTIONS}")
+        check_resolution(value)
         self._s4nd_resolution = value
         for layer in self.s4nd_layers():
             layer.resolution = value

@@ -22,7 +22,7 @@ the key map is docs/design.md §8).
 import math
 import re
 from functools import partial
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -33,7 +33,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from s4nd_timm.layers import S4ND
+from s4nd_timm.layers import S4ND, resolution_rates
 
 from ._builder import build_s4nd_model
 from ._common import IN1K_CFG, S4NDModelMixin, check_num_classes, s4nd_default_cfgs, s4nd_layer_args
@@ -504,7 +504,7 @@ def checked_rate(
         x: Tensor, rate: Rate, in_chans: int, min_size: Tuple[int, ...], base_size: Tuple[int, ...],
         resolution: str) -> Tuple[float, ...]:
     """Check a (B, in_chans, [T,] H, W) input; the per-axis rate of every S4ND: the override ``rate``, or the
-    layer's rule for the resolution mode with the model's base size as l_max (``S4ND.rates``)."""
+    layer's rule for the resolution mode with the model's base size as l_max (``resolution_rates``)."""
     ndim = len(base_size)
     if x.dim() != ndim + 2 or x.shape[1] != in_chans:
         axes = 'H, W' if ndim == 2 else 'T, H, W'
@@ -520,14 +520,7 @@ def checked_rate(
     if any(n < m for n, m in zip(spatial, min_size)):
         raise ValueError(
             f"input {spatial} is too small: each axis needs at least {min_size} (stem patch x 2^(stages-1)).")
-    return S4ND.rates(_BaseResolution(ndim, base_size, resolution), spatial, rate)
-
-
-class _BaseResolution(NamedTuple):
-    """What ``S4ND.rates`` reads of a layer, for the whole model: its input's base size is the l_max."""
-    ndim: int
-    l_max: Tuple[int, ...]
-    resolution: str
+    return resolution_rates(base_size, spatial, resolution, rate)
 
 
 def _init_weights(module: nn.Module, head_init_scale: float = 1.0) -> None:
