@@ -102,19 +102,20 @@ def select_backend(u: Tensor, ks: Sequence, layout: str = 'channels_first') -> s
     choose the path, and with it the kernel generator, before generating the kernels.
 
     CUDA: Triton when ``AUTO_USES_TRITON`` and the tiled Triton passes support the shapes
-    (``separable_conv_triton.fits``; no Toeplitz size cap, they build no matrices in memory), else matmul while every axis is at most ``CUDA_MATMUL_MAX_LEN``
+    (``separable_conv_triton.fits``), else matmul while every axis is at most ``CUDA_MATMUL_MAX_LEN``
     (unmeasured guess), else FFT. CPU (and other
-    devices): the cheaper path under the measured cost model ``CPU_COST``. Matmul (either device) never when the
-    Toeplitz matrices exceed ``MATMUL_MAX_TOEPLITZ`` elements.
+    devices): the cheaper path under the measured cost model ``CPU_COST``. FFT whenever the Toeplitz matrices
+    would exceed ``MATMUL_MAX_TOEPLITZ`` elements (the Triton passes build none in memory, but do the same O(L^2)
+    work per row; whether they beat FFT there is unmeasured, so the cap applies to them too).
     """
     ks = [tuple(getattr(k, 'shape', k)) for k in ks]
     spatial = [k[-1] // 2 + 1 for k in ks]
     kernels = ks[0][0] * ks[0][1]  # c * H
-    if u.device.type == 'cuda' and AUTO_USES_TRITON and HAS_TRITON and _triton_impl().fits(u, ks, layout):
-        return 'triton'  # the Triton passes build no Toeplitz matrices in memory: no size cap
     if kernels * sum(n * n for n in spatial) > MATMUL_MAX_TOEPLITZ:
         return 'fft'
     if u.device.type == 'cuda':
+        if AUTO_USES_TRITON and HAS_TRITON and _triton_impl().fits(u, ks, layout):
+            return 'triton'
         return 'matmul' if max(spatial) <= CUDA_MATMUL_MAX_LEN else 'fft'
     rows = u.shape[0] * kernels  # B * c * H * prod(L)
     for n in spatial:

@@ -80,10 +80,10 @@ def _per_axis(value, ndim: int, name: str) -> Tuple:
     return value
 
 
-def check_resolution(resolution: str) -> str:
-    """``resolution`` if it is a resolution mode (``RESOLUTIONS``), else a ValueError saying which are."""
+def check_resolution(resolution: str, name: str = 'resolution') -> str:
+    """``resolution`` if it is a resolution mode (``RESOLUTIONS``), else a ValueError naming the argument ``name``."""
     if resolution not in RESOLUTIONS:
-        raise ValueError(f"resolution={resolution!r} is not supported; expected one of {RESOLUTIONS}")
+        raise ValueError(f"{name}={resolution!r} is not supported; expected one of {RESOLUTIONS}")
     return resolution
 
 

@@ -65,7 +65,7 @@ def s4nd_layer_args(
     activation, postact, layout, are added where the layer is built)."""
     return dict(
         d_state=d_state, dt_min=dt_min, dt_max=dt_max, bandlimit=bandlimit, ssm_lr=ssm_lr,
-        mode=mode, init=init, backend=backend, resolution=check_resolution(resolution))
+        mode=mode, init=init, backend=backend, resolution=check_resolution(resolution, 's4nd_resolution'))
 
 
 def check_num_classes(num_classes: int) -> None:
@@ -93,7 +93,7 @@ class S4NDModelMixin:
 
     @s4nd_resolution.setter
     def s4nd_resolution(self, value: str) -> None:
-        check_resolution(value)
+        check_resolution(value, 's4nd_resolution')
         self._s4nd_resolution = value
         for layer in self.s4nd_layers():
             layer.resolution = value
