@@ -24,6 +24,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from timm.layers import to_2tuple
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -65,10 +66,9 @@ def _texture(texture: str, u: Tensor, v: Tensor) -> Tensor:
 
 
 def _size_hw(img_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    if isinstance(img_size, int):
-        h = w = img_size
-    else:
-        h, w = (int(s) for s in img_size)
+    """An int or (H, W) -> (H, W), both >= 1."""
+    size = tuple(int(s) for s in to_2tuple(img_size))
+    h, w = size if len(size) == 2 else (0, 0)
     if h < 1 or w < 1:
         raise ValueError(f"img_size must be a positive int or (H, W); got {img_size}")
     return h, w
