@@ -50,13 +50,13 @@ import torch.nn as nn
 from s4nd_timm._io import atomic_write, atomic_write_text
 from s4nd_timm.layers.s4nd import RESOLUTIONS
 
-from .common import dataset_num_classes, read_checkpoint
+from .common import check_writable, dataset_num_classes, read_checkpoint
 from .data import create_dataset, create_loader, dataset_kind, default_splits
 from .engine import evaluate, run_cli, setup_console_logging
 
 __all__ = ['MODES', 'get_args_parser', 'load_model', 'min_resolution', 'train_resolution', 'has_s4nd',
            'check_resolutions', 'evaluate_resolutions', 'format_table', 'plot_results', 'write_results',
-           'machine_summary', 'check_output_dir', 'save_figure', 'mode_name', 'main', 'cli']
+           'machine_summary', 'save_figure', 'mode_name', 'main', 'cli']
 
 _logger = logging.getLogger('train')
 MODES = RESOLUTIONS  # the S4ND layer's resolution modes
@@ -380,21 +380,6 @@ def save_figure(fig, path: str) -> None:
         plt.close(fig)
 
 
-def check_output_dir(path: str, flag: str = '--output') -> None:
-    """Create the output folder ``path`` (and parents) and check a file can be written in it; ValueError
-    naming ``flag`` when it is a file or not writable. Run at start-up, before any work."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{flag} {path!r} is a file; pass a folder (it is created if missing).")
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f'.write-check{os.getpid()}')
-        with open(probe, 'w'):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(f"{flag} {path!r} cannot be written ({e.strerror or e}); pass a writable folder.") from None
-
-
 def machine_summary(device: torch.device) -> str:
     """One line: CPU / GPU, cores, torch version."""
     if device.type == 'cuda':
@@ -443,7 +428,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.labels is not None and len(args.labels) != len(args.model):
         raise ValueError(f"--labels needs one label per --model ({len(args.model)}); got {args.labels}")
     dataset_kind(args.dataset)  # unknown names fail before any model is built
-    check_output_dir(args.output)
+    check_writable(args.output, '--output', folder=True)
     device = torch.device(args.device)
     entries = []
     for i, spec in enumerate(args.model):

@@ -39,8 +39,9 @@ from torch.utils.data import TensorDataset
 
 from .data import create_dataset, create_loader
 from .engine import accepts_rate, evaluate, format_seconds, run_cli, setup_console_logging, train_one_epoch
+from .common import check_writable
 from .eval_resolution import (
-    check_output_dir, evaluate_resolutions, format_table, machine_summary, save_figure, write_results)
+    evaluate_resolutions, format_table, machine_summary, save_figure, write_results)
 from .optim import create_optimizer
 
 __all__ = ['MODELS', 'PRESETS', 'get_args_parser', 'build_model', 'render_train_set', 'train_model', 'main', 'cli']
@@ -292,8 +293,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     setup_console_logging(to='stdout')
     if args.skip_progressive and args.skip_zero_shot:
         raise ValueError('--skip-progressive and --skip-zero-shot together leave nothing to run; drop one')
-    check_output_dir(args.output)
-    check_output_dir(os.path.join(args.output, 'weights'), flag='--output (its weights/ folder)')
+    check_writable(args.output, '--output', folder=True)
+    check_writable(os.path.join(args.output, 'weights'), '--output (its weights/ folder)', folder=True)
+    os.makedirs(args.output, exist_ok=True)
     preset = dict(PRESETS['quick' if args.quick else 'full'])
     if args.epochs is not None:
         preset['epochs'] = args.epochs
