@@ -98,11 +98,12 @@ def resolve_img_size(model: str, img_size: Optional[int], model_kwargs: Dict[str
 
 
 def check_local_dir(folder: str) -> None:
-    """A ``local-dir:`` model folder must hold a readable ``config.json`` (timm reads it before any of our code)."""
+    """A Hub-format model folder (``local-dir:``) must hold a readable ``config.json``: timm reads it before any of
+    our code, so a broken one would surface as a bare JSONDecodeError naming no file."""
     path = os.path.join(folder, 'config.json')
     if not os.path.isfile(path):
-        raise ValueError(f"local-dir:{folder}: no {path}; give a folder written by s4nd_timm.hub.save_pretrained "
-                         "or s4nd-convert")
+        raise ValueError(f"{folder!r} is not a Hub-format model folder: no {path}; give a folder written by "
+                         "s4nd_timm.hub.save_pretrained or s4nd-convert, or a checkpoint file")
     try:
         with open(path, encoding='utf-8') as fh:
             json.load(fh)

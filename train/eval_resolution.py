@@ -50,7 +50,7 @@ import torch.nn as nn
 from s4nd_timm._io import atomic_write, atomic_write_text
 from s4nd_timm.layers.s4nd import RESOLUTIONS
 
-from .common import check_writable, dataset_num_classes, read_checkpoint
+from .common import check_local_dir, check_writable, dataset_num_classes, read_checkpoint
 from .data import create_dataset, create_loader, dataset_kind, default_splits
 from .engine import evaluate, run_cli, setup_console_logging
 
@@ -122,9 +122,7 @@ def load_model(spec: str, model_kwargs: Optional[Dict[str, Any]] = None) -> Tupl
                              "(what save_pretrained / save_for_hf wrote).")
     looks_like_file = path.endswith(CHECKPOINT_EXTENSIONS) or os.sep in path or path.startswith('.')
     if name is None and os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, 'config.json')):
-            raise ValueError(f"{path!r} is a folder but not a Hub-format model folder (no config.json). Pass the "
-                             "folder that save_pretrained / save_for_hf wrote, or a checkpoint file.")
+        check_local_dir(path)
         model = timm.create_model('local-dir:' + os.path.abspath(path), pretrained=True, **model_kwargs)
         return model.eval(), _info(model, os.path.basename(os.path.normpath(path)), path, None)
     if name is None and path.startswith('hf-hub:'):
