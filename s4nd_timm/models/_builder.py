@@ -11,11 +11,14 @@ Every ``_create_*`` function of ``s4nd_timm.models`` builds through ``build_s4nd
     - a check, when the weights come from a file next to a ``config.json`` (a ``save_pretrained`` folder), that
       the model is built with the arguments the weights were saved with (S4ND settings such as ``img_size`` or
       ``bandlimit`` are not in the state dict, so a mismatch would load silently and compute something else);
+    - ``load_state_dict`` through ``pretrained_filter_fn`` too (a pre-hook), so ``create_model(...,
+      checkpoint_path=...)``, which timm loads without the filter, reads reference checkpoints as well;
     - ``model.s4nd_model_args``: the constructor arguments, which ``s4nd_timm.hub.save_pretrained`` writes to
       ``config.json`` so that ``local-dir:`` / ``hf-hub:`` rebuild exactly this model.
 Saving, pushing and model cards live in ``s4nd_timm.hub`` (which imports this module, never the reverse).
 """
 import contextlib
+import functools
 import importlib.resources
 import inspect
 import json
@@ -345,6 +348,19 @@ def build_s4nd_model(
         except (TypeError, ValueError):
             _logger.debug('model argument %s=%r is not JSON-serializable; not recorded', k, v)
     model.s4nd_model_args = recorded
+    filter_fn = kwargs.get('pretrained_filter_fn')
+    if filter_fn is not None and isinstance(model, model_cls):  # not a features_only wrapper
+        # timm loads checkpoint_path= without the filter: let load_state_dict apply it too (reference checkpoints)
+        model.register_load_state_dict_pre_hook(functools.partial(_filter_pre_hook, filter_fn))
     return model
+
+
+def _filter_pre_hook(filter_fn: Callable, module: nn.Module, state_dict: Dict, prefix: str, *args) -> None:
+    """``load_state_dict`` pre-hook: pass the module's keys through its family's ``checkpoint_filter_fn``."""
+    own = [k for k in state_dict if k.startswith(prefix)]
+    filtered = filter_fn({k[len(prefix):]: state_dict[k] for k in own}, module)
+    for k in own:
+        del state_dict[k]
+    state_dict.update({prefix + k: v for k, v in filtered.items()})
 
 

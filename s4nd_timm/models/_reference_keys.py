@@ -6,7 +6,6 @@ names (current and paper-era v3), the rule engine, and the step that fits rename
 ``timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...))`` / ``checkpoint_path=...`` (through
 the filter) and ``s4nd-convert`` (``s4nd_timm.convert``) go through these functions, so they load the same weights.
 """
-import functools
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -16,7 +15,7 @@ from torch import Tensor
 
 __all__ = [
     'ConversionError', 'ReferenceKeys', 'Rule', 'S4ND_LAYER', 'drop', 'strip_lightning', 'is_reference',
-    'rename_reference', 'fit_reference', 'load_reference', 'filter_reference', 'accept_reference_checkpoints']
+    'rename_reference', 'fit_reference', 'load_reference', 'filter_reference']
 
 _KERNEL_NAMES = ('inv_dt', 'A_real', 'A_imag', 'B', 'C', 'P', 'l_kernel')
 # keys only a reference state dict has, in every family: Lightning's prefix, v3 kernels, the GLU projection's '.0.'
@@ -249,24 +248,6 @@ def load_reference(keys: ReferenceKeys, model: nn.Module) -> Dict[str, Tensor]:
             f"{keys.problems()}\nBuild the model with the checkpoint's arguments, or let s4nd-convert read them from "
             f"the checkpoint: s4nd-convert CKPT OUT_DIR, then timm.create_model('local-dir:OUT_DIR', pretrained=True).")
     return load
-
-
-def _reference_pre_hook(filter_fn, module, state_dict, prefix, *args) -> None:
-    """``load_state_dict`` pre-hook: pass the module's keys through its family's ``checkpoint_filter_fn``."""
-    own = [k for k in state_dict if k.startswith(prefix)]
-    filtered = filter_fn({k[len(prefix):]: state_dict[k] for k in own}, module)
-    for k in own:
-        del state_dict[k]
-    state_dict.update({prefix + k: v for k, v in filtered.items()})
-
-
-def accept_reference_checkpoints(model: nn.Module, model_cls: type, filter_fn: Callable) -> nn.Module:
-    """Make ``model.load_state_dict`` (and so timm's ``create_model(..., checkpoint_path=...)``, which loads without
-    a filter) read what ``filter_fn`` reads: reference checkpoints, and for ConvNeXt 2-D weights into a 3-D model.
-    A features_only wrapper (not a ``model_cls``) is returned as it is."""
-    if isinstance(model, model_cls):
-        model.register_load_state_dict_pre_hook(functools.partial(_reference_pre_hook, filter_fn))
-    return model
 
 
 def filter_reference(

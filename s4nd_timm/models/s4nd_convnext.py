@@ -38,7 +38,7 @@ from s4nd_timm.layers import S4ND, resolution_rates
 from ._builder import build_s4nd_model
 from ._common import IN1K_CFG, S4NDModelMixin, check_num_classes, s4nd_default_cfgs, s4nd_layer_args
 from ._reference_keys import (
-    S4ND_LAYER, ReferenceKeys, Rule, accept_reference_checkpoints, filter_reference, rename_reference)
+    S4ND_LAYER, ReferenceKeys, Rule, filter_reference, rename_reference)
 
 __all__ = ['S4NDConvNeXt', 'checkpoint_filter_fn', 'reference_keys']
 
@@ -618,12 +618,11 @@ MODEL_ARGS = {
 
 def _create_s4nd_convnext(variant: str, pretrained: bool = False, **kwargs) -> S4NDConvNeXt:
     kwargs = dict(MODEL_ARGS[variant], **kwargs)
-    model = build_s4nd_model(
+    return build_s4nd_model(
         S4NDConvNeXt, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
         **kwargs)
-    return accept_reference_checkpoints(model, S4NDConvNeXt, checkpoint_filter_fn)
 
 
 default_cfgs = s4nd_default_cfgs(

@@ -34,7 +34,7 @@ from s4nd_timm.layers import S4ND
 from ._builder import WEIGHTS_NAME, build_s4nd_model, packaged_weights_dir
 from ._common import S4NDModelMixin, check_num_classes, s4nd_default_cfgs, s4nd_layer_args
 from ._reference_keys import (
-    S4ND_LAYER, ReferenceKeys, Rule, accept_reference_checkpoints, filter_reference, rename_reference)
+    S4ND_LAYER, ReferenceKeys, Rule, filter_reference, rename_reference)
 
 __all__ = ['S4NDIsotropic', 'checkpoint_filter_fn', 'reference_keys']
 
@@ -341,12 +341,11 @@ MODEL_ARGS = {
 
 def _create_s4nd_iso(variant: str, pretrained: bool = False, **kwargs) -> S4NDIsotropic:
     kwargs = dict(MODEL_ARGS[variant], **kwargs)
-    model = build_s4nd_model(
+    return build_s4nd_model(
         S4NDIsotropic, variant, pretrained, tag_model_args=TAG_MODEL_ARGS,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
         **kwargs)
-    return accept_reference_checkpoints(model, S4NDIsotropic, checkpoint_filter_fn)
 
 
 def _synthetic_cfg(name: str) -> Dict:

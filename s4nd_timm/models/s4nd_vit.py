@@ -33,7 +33,7 @@ from s4nd_timm.layers import S4ND
 from ._builder import build_s4nd_model
 from ._common import IN1K_CFG, S4NDModelMixin, check_num_classes, s4nd_default_cfgs, s4nd_layer_args
 from ._reference_keys import (
-    S4ND_LAYER, ReferenceKeys, Rule, accept_reference_checkpoints, drop, filter_reference, rename_reference)
+    S4ND_LAYER, ReferenceKeys, Rule, drop, filter_reference, rename_reference)
 
 __all__ = ['S4NDVisionTransformer', 'S4NDViTBlock', 'checkpoint_filter_fn', 'reference_keys']
 
@@ -235,12 +235,11 @@ MODEL_ARGS = {
 def _create_s4nd_vit(variant: str, pretrained: bool = False, **kwargs) -> S4NDVisionTransformer:
     kwargs = dict(MODEL_ARGS[variant], **kwargs)
     out_indices = kwargs.pop('out_indices', 3)
-    model = build_s4nd_model(
+    return build_s4nd_model(
         S4NDVisionTransformer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs)
-    return accept_reference_checkpoints(model, S4NDVisionTransformer, checkpoint_filter_fn)
 
 
 default_cfgs = s4nd_default_cfgs(
