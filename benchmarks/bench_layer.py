@@ -6,7 +6,8 @@ memory floor (docs/benchmarks.md). Prints one header line and a markdown table p
 
 Sections: layer (ConvNeXt-T stage shapes, 2-D), kernel_gen (all axis kernels of a layer, fwd+bwd),
 video (3-D), seq (1-D), auto (every layer shape of ConvNeXt-T, ViT-S and the 3-D ConvNeXt-T at batch
-1, 8, 32: the convolution alone per path next to ``backend='auto'``'s choice; ``--sections auto``), scaling (the convolution alone, given kernels, 2-D and 1-D as the size grows:
+1, 8, 32: the convolution alone per path next to ``backend='auto'``'s choice, fwd+bwd and inference;
+``--sections auto``), scaling (the convolution alone, given kernels, 2-D and 1-D as the size grows:
 where matmul stops beating FFT; kernel generation is the same for every path and left out).
 Memory floor: the bytes a fused fwd+bwd must move (read x, write y; read dy and x, write dx:
 5 x numel x itemsize) over the measured copy bandwidth of the device.
@@ -114,34 +115,40 @@ def model_layer_shapes(names: Sequence[str]) -> Dict[str, tuple]:
 
 
 def run_auto(args) -> List[dict]:
-    """Per model layer shape and batch: fwd+bwd of the convolution alone (given kernels, fp32) on each path,
-    next to the path ``select_backend`` picks; shapes whose FFT buffers would exceed ``--max-fft-mib`` skipped."""
+    """Per model layer shape and batch, the convolution alone (given kernels, fp32) on each path next to the path
+    ``select_backend`` picks: fwd+bwd (train: fft, matmul) and, with gradients off, the forward (infer: fft, matmul,
+    direct) of an input stored channels innermost, as the models hand it over (ConvNeXt blocks: the NHWC-strided
+    view; ViT: (B, N, C)). Shapes whose FFT buffers would exceed ``--max-fft-mib`` skip FFT."""
     from s4nd_timm.kernels import select_backend
     rows, device = [], torch.device(args.device)
     for name, (c, dim, *spatial) in model_layer_shapes(AUTO_MODELS).items():
         for batch in args.auto_batches:
-            x = torch.randn(batch, dim, *spatial, device=device, requires_grad=True)
+            x = torch.randn(batch, *spatial, dim, device=device).movedim(-1, 1).requires_grad_()
             ks = [torch.randn(c, dim, 2 * n - 1, device=device, requires_grad=True) for n in spatial]
             D = torch.randn(c, dim, device=device, requires_grad=True)
             fft_mib = batch * c * dim * 2 ** len(spatial) * math.prod(spatial) * 8 / 2 ** 20
             if x.numel() * 4 / 2 ** 20 > args.max_input_mib:
-                rows.append({'shape': name, 'batch': batch, 'fft ms': 'skipped (input too large)',
-                             'auto': select_backend(x, ks)})
                 continue
-            times = {}
-            for backend in ('fft', 'matmul'):
-                if backend == 'fft' and fft_mib > args.max_fft_mib:
-                    continue
+            for mode, paths in (('train', ('fft', 'matmul')), ('infer', ('fft', 'matmul', 'direct'))):
+                times = {}
+                for backend in paths:
+                    if backend == 'fft' and fft_mib > args.max_fft_mib:
+                        continue
 
-                def step(backend=backend):
-                    separable_conv(x, ks, D, backend=backend).sum().backward()
-                times[backend] = time_ms(step, device, args.min_time)
-            auto = select_backend(x, ks)
-            best = min(times, key=times.get)
-            rows.append({'shape': name, 'batch': batch, 'fft ms': times.get('fft', 'skipped'),
-                         'matmul ms': times['matmul'], 'fastest': best, 'auto': auto,
-                         'auto / fastest': times.get(auto, math.inf) / times[best]})
-            print(rows[-1], flush=True)
+                    def step(backend=backend, mode=mode):
+                        if mode == 'train':
+                            separable_conv(x, ks, D, backend=backend).sum().backward()
+                        else:
+                            with torch.no_grad():
+                                separable_conv(x, ks, D, backend=backend)
+                    times[backend] = time_ms(step, device, args.min_time)
+                with torch.set_grad_enabled(mode == 'train'):
+                    auto = select_backend(x, ks)
+                best = min(times, key=times.get)
+                rows.append({'shape': name, 'batch': batch, 'mode': mode,
+                             **{f'{b} ms': times.get(b, 'skipped') for b in paths},
+                             'fastest': best, 'auto': auto, 'auto / fastest': times.get(auto, math.inf) / times[best]})
+                print(rows[-1], flush=True)
     return rows
 
 
@@ -210,7 +217,8 @@ def main():
         print(f'\n### {section}\n')
         columns = {'kernel_gen': ['shape', 'backend', 'fwd+bwd ms'],
                    'scaling': ['shape', 'backend', 'fwd+bwd ms', 'peak MiB'],
-                   'auto': ['shape', 'batch', 'fft ms', 'matmul ms', 'fastest', 'auto', 'auto / fastest']}
+                   'auto': ['shape', 'batch', 'mode', 'fft ms', 'matmul ms', 'direct ms', 'fastest', 'auto',
+                            'auto / fastest']}
         print(table(rows, columns.get(section, COLUMNS)))
     if args.json:
         with open(args.json, 'w') as f:

@@ -6,7 +6,8 @@ without Triton. ``TRITON_INTERPRET=1`` (set before the first Triton call) runs t
 CPU tensors through the Triton interpreter, for tests.
 
 Paths: 'fft' (``separable_conv_ref``, the reference definition), 'matmul' (``separable_conv_matmul``, Toeplitz mode
-products), 'triton' (tiled Toeplitz-pass kernels, CUDA or the interpreter). ``separable_conv(..., backend='auto')``
+products), 'direct' (``separable_conv_direct``, one depthwise convolution per axis), 'triton' (tiled Toeplitz-pass
+kernels, CUDA or the interpreter). ``separable_conv(..., backend='auto')``
 picks one per call, see ``select_backend``. Kernel generation in Triton: ``axis_kernels_triton``.
 """
 import importlib.util
@@ -14,9 +15,11 @@ import math
 import os
 from typing import List, Optional, Sequence
 
+import torch
 from torch import Tensor
 
-from .separable_conv import LAYOUTS, check_conv_args, separable_conv_matmul, separable_conv_ref, toeplitz
+from .separable_conv import (
+    LAYOUTS, check_conv_args, separable_conv_direct, separable_conv_matmul, separable_conv_ref, toeplitz)
 
 __all__ = [
     'AUTO_USES_TRITON',
@@ -30,6 +33,7 @@ __all__ = [
     'check_backend',
     'select_backend',
     'separable_conv',
+    'separable_conv_direct',
     'separable_conv_matmul',
     'separable_conv_ref',
     'toeplitz',
@@ -37,7 +41,7 @@ __all__ = [
     'triton_usable',
 ]
 
-BACKENDS = ('auto', 'fft', 'matmul', 'triton')
+BACKENDS = ('auto', 'direct', 'fft', 'matmul', 'triton')
 HAS_TRITON = importlib.util.find_spec('triton') is not None
 
 # 'auto' on CPU: a cost model whose three constants were measured on CPU (seconds per unit, fwd+bwd; see
@@ -95,22 +99,29 @@ def triton_usable(t: Tensor) -> bool:
     return HAS_TRITON and (t.device.type == 'cuda' or (triton_interpret() and t.device.type == 'cpu'))
 
 
-def select_backend(u: Tensor, ks: Sequence, layout: str = 'channels_first') -> str:
-    """The path 'auto' takes for these arguments: 'triton', 'matmul' or 'fft'.
+def select_backend(u: Tensor, ks: Sequence, layout: str = 'channels_first', grad: Optional[bool] = None) -> str:
+    """The path 'auto' takes for these arguments: 'direct', 'triton', 'matmul' or 'fft'.
 
     ``ks`` may be the kernels (c, H, 2 L_i - 1) or just their shapes (only shapes are read), so a layer can
-    choose the path, and with it the kernel generator, before generating the kernels.
+    choose the path, and with it the kernel generator, before generating the kernels. ``grad``: whether the call
+    will be differentiated (None: gradients enabled and u or a kernel requires grad).
 
     CUDA: Triton when ``AUTO_USES_TRITON`` and the tiled Triton passes support the shapes
     (``separable_conv_triton.fits``), else matmul while every axis is at most ``CUDA_MATMUL_MAX_LEN``
-    (unmeasured guess), else FFT. CPU (and other
-    devices): the cheaper path under the measured cost model ``CPU_COST``. FFT whenever the Toeplitz matrices
+    (unmeasured guess), else FFT. CPU (and other devices) without gradients: direct (oneDNN depthwise
+    convolutions; measured fastest, or within 5 % of it, at every layer shape of the registered models at batch 1,
+    8 and 32). CPU with gradients: the cheaper path under the measured fwd+bwd cost model ``CPU_COST`` (the
+    direct path's convolution backward is several times slower than matmul's). FFT whenever the Toeplitz matrices
     would exceed ``MATMUL_MAX_TOEPLITZ`` elements (the Triton passes build none in memory, but do the same O(L^2)
     work per row; whether they beat FFT there is unmeasured, so the cap applies to them too).
     """
+    if grad is None:
+        grad = torch.is_grad_enabled() and any(getattr(t, 'requires_grad', False) for t in (u, *ks))
     ks = [tuple(getattr(k, 'shape', k)) for k in ks]
     spatial = [k[-1] // 2 + 1 for k in ks]
     kernels = ks[0][0] * ks[0][1]  # c * H
+    if u.device.type != 'cuda' and not grad:
+        return 'direct'
     if kernels * sum(n * n for n in spatial) > MATMUL_MAX_TOEPLITZ:
         return 'fft'
     if u.device.type == 'cuda':
@@ -135,7 +146,7 @@ def separable_conv(
             d = len(spatial) in 1..3.
         ks: d tensors, ks[i]: (c, H, 2 * L_i - 1), two-sided, index L_i - 1 = offset 0.
         D: (c, H) skip term, or None.
-        backend: 'auto', 'fft', 'matmul' or 'triton' (see ``select_backend``).
+        backend: 'auto', 'direct', 'fft', 'matmul' or 'triton' (see ``select_backend``).
         layout: 'channels_first' or 'channels_last'.
     Returns:
         (B, c * H, *spatial) or (B, *spatial, c * H), channel index c * H + h, dtype of u.
@@ -146,6 +157,8 @@ def separable_conv(
         backend = select_backend(u, ks, layout)
     if backend == 'matmul':
         return separable_conv_matmul(u, ks, D, layout=layout)
+    if backend == 'direct':
+        return separable_conv_direct(u, ks, D, layout=layout)
     if backend == 'triton':
         if not triton_usable(u):
             raise RuntimeError(

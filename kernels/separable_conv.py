@@ -2,8 +2,9 @@
 
 Every S4ND convolution is separable (docs/design.md §2.2): the N-d kernel of output channel (c, h)
 is the outer product of one two-sided 1-D kernel per axis. This module holds the FFT path, the
-definition every other path is tested against, and the Toeplitz matmul path (exact, no FFT, no
-complex numbers: traceable by torch.compile, torch.export and ONNX export).
+definition every other path is tested against, the Toeplitz matmul path (exact, no FFT, no
+complex numbers: traceable by torch.compile, torch.export and ONNX export) and the direct path (one
+depthwise convolution per axis through torch's convolution kernels, oneDNN on CPU).
 
 Kernel convention (shared by every path): for an axis of input length L the two-sided kernel has
 2L - 1 taps, index L - 1 being offset 0, index L - 1 + j offset j. Output
@@ -13,12 +14,14 @@ with zero padding (linear, not circular, "same"-size convolution).
 Layouts: 'channels_first' u (B, H, *spatial) -> (B, c*H, *spatial); 'channels_last'
 u (B, *spatial, H) -> (B, *spatial, c*H); the channel index is c*H + h in both.
 """
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['LAYOUTS', 'check_conv_args', 'separable_conv_matmul', 'separable_conv_ref', 'toeplitz']
+__all__ = ['LAYOUTS', 'check_conv_args', 'separable_conv_direct', 'separable_conv_matmul', 'separable_conv_ref', 'toeplitz']
 
 LAYOUTS = ('channels_first', 'channels_last')
 
@@ -112,38 +115,95 @@ def separable_conv_matmul(
 
     Args:
         u: (B, H, *spatial) for layout='channels_first', (B, *spatial, H) for 'channels_last';
-            d = len(spatial) in 1..3.
+            d = len(spatial) in 1..3, in any memory order.
         ks: d tensors, ks[i]: (c, H, 2 * L_i - 1), two-sided, index L_i - 1 = offset 0.
         D: (c, H) skip term, or None.
-        layout: 'channels_first' or 'channels_last', taken as given (no movedim around the call; einsum still
-            rearranges operands for its batched matmuls internally, H being the batch dimension).
+        layout: 'channels_first' or 'channels_last'.
     Returns:
-        (B, c * H, *spatial) or (B, *spatial, c * H), channel index c * H + h, dtype of u.
+        (B, c * H, *spatial) or (B, *spatial, c * H), channel index c * H + h, dtype of u, stored channels
+        innermost in both layouts (for 'channels_first': the torch.channels_last memory format).
         bf16/fp16 CUDA inputs multiply in their dtype with fp32 accumulation; other inputs in
         float32 (float64 for float64). Memory: one (c, H, L_i, L_i) matrix per axis.
+
+    One copy brings the input into the order (H, L_1, B, L_2, ..., L_d), where every feature's rows along the first
+    axis are one matrix: T_1 multiplies it from the left, the middle axis of 3-D inputs is a broadcast matmul, and
+    T_d multiplies from the right in one ``baddbmm`` that also adds D x. One copy takes the result to
+    (B, *spatial, c*H). No other pass over the data, forward or backward.
     """
     spatial = check_conv_args(u, ks, D, layout)
     d = len(spatial)
     work = _operand_dtype(u)
-    x = u.to(work)
-    if x.shape[0] == 1:
-        # batch 1: einsum hands bmm a view of x; for a strided x (the NHWC-strided view inside a ConvNeXt block)
-        # neither of its matrices' strides is 1 and CPU bmm copies every matrix alone; one copy is 3-4x faster.
-        # Larger batches: einsum's own rearranging copy already makes the operand contiguous.
-        x = x.contiguous()
-    letters = 'xyz'[:d]
-    if layout == 'channels_first':
-        src, dst, cdim = 'bh' + letters, 'bch' + letters, 1
+    x = u.movedim(1, -1) if layout == 'channels_first' else u  # (B, *spatial, H), a view
+    batch, feat, c = x.shape[0], x.shape[-1], ks[0].shape[0]
+    ts = [toeplitz(k.to(work), n) for k, n in zip(ks, spatial)]  # (c, H, L_i, L_i)
+    xt = x.to(work).permute(d + 1, 1, 0, *range(2, d + 1)).contiguous()  # (H, L_1, B, L_2, .., L_d)
+    skip = None if D is None else xt * D.to(work).reshape(c, feat, *(1,) * (d + 1))  # (c, H, L_1, B, L_2, ..)
+    if d == 1:  # (c H, P, L) @ (c H, L, B): the only axis leads
+        lead = xt.expand(c, *xt.shape).reshape(c * feat, spatial[0], batch)
+        t = ts[0].reshape(c * feat, spatial[0], spatial[0])
+        y = torch.bmm(t, lead) if skip is None else torch.baddbmm(skip.reshape(c * feat, spatial[0], batch), t, lead)
     else:
-        src, dst, cdim = 'b' + letters + 'h', 'b' + letters + 'ch', -2
-    y = x
-    for i, (k, n) in enumerate(zip(ks, spatial)):
-        t = toeplitz(k.to(work), n)  # (c, H, L_i, L_i)
-        out = dst.replace(letters[i], 'P')
-        y = torch.einsum(f'chP{letters[i]},{src}->{out}', t, y)
-        src = dst
-    if D is not None:
-        acc = torch.float64 if work == torch.float64 else torch.float32  # skip term added at accumulation precision
-        skip = D.to(acc).reshape((-1, D.shape[1]) + (1,) * d if layout == 'channels_first' else (-1, D.shape[1]))
-        y = torch.addcmul(y.to(acc), skip, x.unsqueeze(cdim))  # one pass over y, not a product then a sum
-    return y.flatten(1, 2).to(u.dtype) if layout == 'channels_first' else y.flatten(-2, -1).to(u.dtype)
+        y = torch.matmul(ts[0], xt.reshape(feat, spatial[0], -1))  # (c, H, P_1, B L_2..L_d)
+        if d == 3:  # (c, H, 1, P_2, L_2) @ (c, H, P_1 B, L_2, L_3)
+            y = torch.matmul(ts[1].unsqueeze(2), y.reshape(c, feat, -1, spatial[1], spatial[2]))
+        y = y.reshape(c * feat, -1, spatial[-1])
+        last = ts[-1].reshape(c * feat, spatial[-1], spatial[-1]).transpose(1, 2)
+        if skip is None:
+            y = torch.bmm(y, last)  # (c H, P_1 B P_2.., P_d)
+        else:
+            y = torch.baddbmm(skip.reshape(c * feat, -1, spatial[-1]), y, last)
+    # (c, H, P_1, B, P_2.., P_d) -> (B, P_1, .., P_d, c * H)
+    y = y.reshape(c, feat, spatial[0], batch, *spatial[1:]).permute(3, 2, *range(4, d + 3), 0, 1)
+    y = y.reshape(batch, *spatial, c * feat).to(u.dtype)
+    return y.movedim(-1, 1) if layout == 'channels_first' else y
+
+
+def _axis_conv(x: Tensor, k: Tensor, axis: int) -> Tensor:
+    """One axis of the direct path: x (B, *spatial, H) contiguous (channels innermost), k (H, 2L-1) two-sided
+    taps of that axis -> the same-size linear convolution along spatial axis ``axis``, (B, *spatial, H) contiguous.
+
+    The memory of x is read as (outer, L, inner) with inner = H * (the later spatial lengths), i.e. as a
+    channels-last (outer, inner, 1, L) image, and convolved along its width by a depthwise conv2d with one
+    1 x (2L-1) filter per inner channel (the filter of feature h, repeated over the later axes): the layout
+    oneDNN's depthwise kernel reads in place, vectorised over the channels, skipping the zero padding.
+    """
+    n = x.shape[1 + axis]
+    inner = math.prod(x.shape[axis + 2:])
+    w = k.flip(-1)  # conv2d is a cross-correlation
+    if inner != k.shape[0]:
+        w = w.repeat(inner // k.shape[0], 1)
+    v = x.reshape(-1, n, inner).transpose(1, 2).unsqueeze(2)  # (outer, inner, 1, L), strides of channels-last
+    y = F.conv2d(v, w.reshape(inner, 1, 1, 2 * n - 1), padding=(0, n - 1), groups=inner)
+    return y.squeeze(2).transpose(1, 2).reshape(x.shape)
+
+
+def separable_conv_direct(
+        u: Tensor, ks: Sequence[Tensor], D: Optional[Tensor] = None, layout: str = 'channels_first') -> Tensor:
+    """Linear separable convolution as one depthwise convolution per axis (exact; same result as the ref).
+
+    Args:
+        u: (B, H, *spatial) for layout='channels_first', (B, *spatial, H) for 'channels_last';
+            d = len(spatial) in 1..3.
+        ks: d tensors, ks[i]: (c, H, 2 * L_i - 1), two-sided, index L_i - 1 = offset 0.
+        D: (c, H) skip term, or None.
+        layout: 'channels_first' or 'channels_last'.
+    Returns:
+        (B, c * H, *spatial) or (B, *spatial, c * H), channel index c * H + h, dtype of u, stored channels
+        innermost in both layouts (for 'channels_first': the torch.channels_last memory format), the memory order
+        every axis pass works in. A channels-first input stored channels-first costs one copy into that order.
+        Computed like the matmul path (float32, float64 for float64, bf16/fp16 on CUDA). Gradients flow through
+        torch's convolution backward (slow on CPU for long filters: the path is meant for inference there).
+    """
+    check_conv_args(u, ks, D, layout)
+    work = _operand_dtype(u)
+    x = (u.movedim(1, -1) if layout == 'channels_first' else u).to(work).contiguous()  # (B, *spatial, H)
+    outs = []
+    for j in range(ks[0].shape[0]):  # each of the c kernel sets makes H output channels
+        y = x
+        for i, k in enumerate(ks):
+            y = _axis_conv(y, k[j].to(work), i)
+        if D is not None:
+            y = torch.addcmul(y, D[j].to(work), x)
+        outs.append(y)
+    y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+    return (y.movedim(-1, 1) if layout == 'channels_first' else y).to(u.dtype)

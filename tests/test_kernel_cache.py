@@ -34,7 +34,7 @@ def generations(monkeypatch):
 @pytest.mark.parametrize('mode', ['diag', 'dplr'])
 @pytest.mark.parametrize('grad_off', [torch.no_grad, torch.inference_mode])
 def test_cached_output_is_identical_and_generated_once(mode, grad_off, generations):
-    layer = _layer(mode)
+    layer = _layer(mode, backend='matmul')  # one path for both calls ('auto' picks by whether gradients are on)
     x = torch.randn(2, 4, 8, 8)
     with torch.enable_grad():
         want = layer(x).detach()  # gradients on: no cache
@@ -142,7 +142,7 @@ def test_backend_is_keyed():
     layer = _layer('diag')
     x = torch.randn(2, 4, 8, 8)
     with torch.no_grad():
-        for backend in ('matmul', 'fft', 'auto'):
+        for backend in ('matmul', 'fft', 'direct', 'auto'):
             layer.backend = backend
             torch.testing.assert_close(layer(x), _fresh(layer, x), rtol=0, atol=0)
 

@@ -20,7 +20,7 @@ from _reference import direct_conv_nd
 from s4nd_timm import S4ND
 from s4nd_timm.kernels import (
     BACKENDS, CPU_COST, HAS_TRITON, MATMUL_MAX_TOEPLITZ, axis_kernels_triton, select_backend, separable_conv,
-    separable_conv_matmul, separable_conv_ref, toeplitz, triton_interpret)
+    separable_conv_direct, separable_conv_matmul, separable_conv_ref, toeplitz, triton_interpret)
 
 ATOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 SHAPES = [(1, (7,)), (2, (13,)), (1, (5, 7)), (2, (6, 13)), (2, (3, 4, 5)), (1, (5, 3, 7))]  # (batch, spatial)
@@ -84,6 +84,28 @@ def test_matmul_matches_direct_conv_and_reference(batch, spatial, layout, dtype)
     _check(lambda u, ks, D: separable_conv_matmul(u, ks, D, layout=layout), batch, spatial, layout, dtype)
 
 
+@pytest.mark.parametrize('batch, spatial', SHAPES)
+@pytest.mark.parametrize('layout', LAYOUTS)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_direct_matches_direct_conv_and_reference(batch, spatial, layout, dtype):
+    """The oneDNN depthwise path, output and every gradient (its backward is torch's convolution backward)."""
+    _check(lambda u, ks, D: separable_conv_direct(u, ks, D, layout=layout), batch, spatial, layout, dtype)
+
+
+@pytest.mark.parametrize('spatial', [(6, 13), (3, 4, 5), (1, 7), (4, 1, 1)])
+def test_direct_on_every_memory_order(spatial):
+    """Channels-first input stored channels-first (one copy in) or channels innermost (the view a ConvNeXt block
+    hands over), and length-1 axes: same values; the output is stored channels innermost either way."""
+    u, ks, D = _case(2, spatial)
+    want = direct_conv_nd(u, ks, D)
+    strided = u.movedim(1, -1).contiguous().movedim(-1, 1)
+    for x in (u, strided):
+        y = separable_conv_direct(x, ks, D)
+        torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-12)
+        assert y.movedim(1, -1).is_contiguous()
+    torch.testing.assert_close(separable_conv_direct(u, ks, None), direct_conv_nd(u, ks, None), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize('batch, spatial', [(2, (13,)), (2, (6, 13)), (1, (3, 4, 5))])
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 def test_matmul_half_precision_on_cpu(batch, spatial, dtype):
@@ -117,14 +139,14 @@ def test_layer_backends_agree_with_every_parameter_gradient(ndim, spatial, bidir
                  backend='fft').double()
     x = _to_layout(torch.randn(2, 4, *spatial, dtype=torch.float64), layout)
     results = {}
-    for backend in ('fft', 'matmul', 'auto'):
+    for backend in ('fft', 'matmul', 'direct', 'auto'):
         layer.backend = backend
         layer.zero_grad()
         xb = x.clone().requires_grad_()
         y = layer(xb)
         y.square().sum().backward()
         results[backend] = [y, xb.grad] + [p.grad.clone() for p in layer.parameters()]
-    for backend in ('matmul', 'auto'):
+    for backend in ('matmul', 'direct', 'auto'):
         for got, want in zip(results[backend], results['fft']):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
@@ -142,17 +164,40 @@ def test_backend_validation_and_dispatch():
         separable_conv(u, ks, D, layout='nhwc')
     with pytest.raises(ValueError, match='channels_last'):
         separable_conv(u.movedim(1, -1), ks, D)
-    assert set(BACKENDS) == {'auto', 'fft', 'matmul', 'triton'}
+    assert set(BACKENDS) == {'auto', 'direct', 'fft', 'matmul', 'triton'}
 
 
 def test_auto_follows_the_measured_cpu_cost_model():
-    def pick(batch, dim, spatial):
-        return select_backend(torch.empty(batch, dim, *spatial), [torch.empty(1, dim, 2 * n - 1) for n in spatial])
+    def pick(batch, dim, spatial, grad=True):
+        return select_backend(
+            torch.empty(batch, dim, *spatial), [torch.empty(1, dim, 2 * n - 1) for n in spatial], grad=grad)
     assert pick(8, 96, (56, 56)) == 'matmul'  # vision sizes: matmul (measured 2-D: matmul faster up to 512 px)
     assert pick(1, 256, (4096,)) == 'fft'  # long 1-D: Toeplitz too large
     assert pick(1, 256, (256,)) == 'fft'  # 1-D, batch 1: Toeplitz build not amortized
     assert pick(128, 384, (196,)) == 'matmul'  # 1-D, large batch: amortized
     assert 256 * 4096 ** 2 > MATMUL_MAX_TOEPLITZ and set(CPU_COST) == {'mac', 'toeplitz', 'fft'}
+    # without gradients the CPU takes the direct path at every size (measured fastest or within 5 % at every
+    # registered model layer shape), long 1-D included (it builds no Toeplitz matrices)
+    assert {pick(b, 96, s, grad=False) for b, s in [(1, (56, 56)), (32, (7, 7)), (8, (196,)), (1, (4096,)),
+                                                    (1, (15, 56, 56))]} == {'direct'}
+
+
+def test_auto_infers_whether_gradients_are_needed(monkeypatch):
+    import s4nd_timm.layers.s4nd as s4nd_module
+    u, ks, _ = _case(2, (5, 6), dtype=torch.float32)
+    assert select_backend(u, ks) == 'direct'  # nothing requires grad
+    assert select_backend(u.requires_grad_(), ks) == 'matmul'
+    with torch.no_grad():
+        assert select_backend(u, ks) == 'direct'
+    layer = S4ND(3, ndim=2, d_state=4, channels=2, postact='glu', l_max=(5, 6)).eval()
+    paths, real = [], s4nd_module.select_backend
+    monkeypatch.setattr(s4nd_module, 'select_backend', lambda *a, **k: paths.append(real(*a, **k)) or paths[-1])
+    x = torch.randn(2, 3, 5, 6)
+    y = layer(x)  # eval with gradients on: the SSM parameters still get gradients (attribution, fine-tuning)
+    with torch.no_grad():
+        y_inference = layer(x)
+    assert paths == ['matmul', 'direct']
+    torch.testing.assert_close(y_inference, y.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_auto_takes_triton_once_enabled(monkeypatch):
@@ -316,7 +361,7 @@ def test_triton_layer_and_compile(triton_device, monkeypatch, ndim, spatial, mod
     torch.testing.assert_close(xb.grad, results['triton'][0], rtol=1e-4, atol=1e-5)
     # 'auto' passes the path it resolved to the kernel generator (what AUTO_USES_TRITON = True does on CUDA)
     layer.backend, before = 'auto', len(calls)
-    monkeypatch.setattr(s4nd_module, 'select_backend', lambda *a: 'triton')
+    monkeypatch.setattr(s4nd_module, 'select_backend', lambda *a, **k: 'triton')
     torch.testing.assert_close(layer(x), y)
     assert len(calls) - before == (mode == 'diag')
 

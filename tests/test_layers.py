@@ -218,6 +218,7 @@ def test_auto_picks_a_valid_path_for_every_registered_model_layer_shape():
         for batch in (1, 8, 32):
             x = torch.empty((batch, dim) + spatial if layout == 'channels_first' else (batch,) + spatial + (dim,),
                             device='meta')
-            path = select_backend(x, ks, layout)
+            path = select_backend(x, ks, layout, grad=True)
             assert path in ('fft', 'matmul'), (spatial, batch, path)
             assert path == 'fft' or c * dim * sum(n * n for n in spatial) <= MATMUL_MAX_TOEPLITZ
+            assert select_backend(x, ks, layout, grad=False) == 'direct'  # inference: oneDNN depthwise passes

@@ -71,8 +71,8 @@ def test_fx_feature_extraction_equals_eager_and_backpropagates(name):
     hook = model.get_submodule(feature).register_forward_hook(lambda m, i, o: seen.setdefault('feature', o))
     with torch.no_grad():
         want = model(x)
+        out = extractor(x)  # both without gradients: the same convolution path ('auto' picks by that too)
     hook.remove()
-    out = extractor(x)
     torch.testing.assert_close(out['out'], want, rtol=0, atol=0)
     torch.testing.assert_close(out['feature'], seen['feature'], rtol=0, atol=0)
     # train mode, through the traced graph: every parameter up to the output gets a gradient

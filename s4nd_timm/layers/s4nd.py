@@ -195,8 +195,9 @@ class S4ND(nn.Module):
         mode: axis-kernel family, 'diag' (S4D) or 'dplr' (S4, needs l_max on every axis; checkpoints of one
             mode are refused by a layer of the other).
         rank: R, rank of the DPLR low-rank term (mode='dplr'); only 1 is supported.
-        backend: convolution path, 'auto' (matmul or FFT by size, ``s4nd_timm.kernels.select_backend``),
-            'fft', 'matmul' or 'triton' (fused kernels, CUDA); settable later through the ``backend`` attribute.
+        backend: convolution path, 'auto' (by device, size and whether gradients are needed,
+            ``s4nd_timm.kernels.select_backend``), 'direct', 'fft', 'matmul' or 'triton' (tiled kernels, CUDA);
+            settable later through the ``backend`` attribute.
     """
 
     def __init__(
@@ -437,7 +438,11 @@ class S4ND(nn.Module):
             work = kernel_compute_dtype(x)
             spatial = x.shape[2:] if layout == 'channels_first' else x.shape[1:-1]
             shapes = [(self.channels, self.dim, 2 * n - 1) for n in spatial]  # the path is chosen from shapes
-            backend = select_backend(x, shapes, layout) if self.backend == 'auto' else self.backend
+            if self.backend == 'auto':
+                grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+                backend = select_backend(x, shapes, layout, grad=grad)
+            else:
+                backend = self.backend
             ks = self.axis_kernels(spatial, rate, backend=backend)
             u = x.to(low) if low is not None and x.dtype == torch.float32 and backend != 'fft' else x
             y = separable_conv(u, ks, self.D.to(work), backend=backend, layout=layout)
