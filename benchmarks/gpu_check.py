@@ -11,7 +11,8 @@ output says so. A part that fails is reported (exit status 1) and the rest goes 
                 next to nn.Conv2d(C, C, 7, groups=C) and the memory floor (``bench_layer.run_layers``)
     kernel_gen  all axis kernels of each stage's layer, fwd+bwd, torch path and Triton generator
     models      s4nd_convnext_tiny vs convnext_tiny, s4nd_vit_small_patch16 vs vit_small_patch16_224: training and
-                inference img/s and peak memory, bf16, channels-last, compile off (``bench_models.run_throughput``)
+                inference img/s and peak memory, bf16, channels-last, compile off (``bench_models.run_throughput``);
+                the direct path (torch's depthwise conv per axis) for inference only, after the others
     compile     the same with torch.compile, backend 'auto' only, while time remains
 The markdown starts with the GPU name, driver, torch, triton and timm versions; the JSON holds every row.
 """
@@ -155,8 +156,9 @@ def _throughput_parts(run_throughput, args) -> List[Tuple[str, Callable[[], List
         keep = [r for r in rows if (r['mode'], r['model'], r['backend'], r['compile']) not in seen]
         seen.update((r['mode'], r['model'], r['backend'], r['compile']) for r in rows)
         return keep
-    return [(f'{mode} {backend}', lambda mode=mode, backend=backend: part(mode, backend))
-            for mode in ('train', 'infer') for backend in args.backends]
+    runs = [(mode, backend) for mode in ('train', 'infer') for backend in args.backends]
+    runs += [('infer', backend) for backend in args.infer_backends]  # paths without a fast backward
+    return [(f'{mode} {backend}', lambda mode=mode, backend=backend: part(mode, backend)) for mode, backend in runs]
 
 
 def markdown(env: Dict[str, str], results: dict, notes: List[str], columns: Dict[str, List[str]]) -> str:
@@ -202,7 +204,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     model_args = argparse.Namespace(
         device=str(device), dtype='fp32' if args.dry_run else 'bf16', batch=1 if args.dry_run else 128, img_size=224,
         channels_last=True, compile=['off'], min_time=0.01,
-        backends=['auto'] if args.dry_run else [b for b in MODEL_BACKENDS if b != 'triton' or HAS_TRITON])
+        backends=['auto'] if args.dry_run else [b for b in MODEL_BACKENDS if b != 'triton' or HAS_TRITON],
+        infer_backends=[] if args.dry_run else ['direct'])
     stages = STAGES_DRY if args.dry_run else STAGES
     results: dict = {}
     failures: List[str] = []
@@ -218,7 +221,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _section(results, failures, 'kernel_gen', budget, [
         ('all', lambda: run_kernel_gen(stages, gen_paths, device, layer_args.d_state, layer_args.min_time))])
     _section(results, failures, 'models', budget, _throughput_parts(run_throughput, model_args))
-    compiled = argparse.Namespace(**{**vars(model_args), 'compile': ['on'], 'backends': ['auto']})
+    compiled = argparse.Namespace(**{**vars(model_args), 'compile': ['on'], 'backends': ['auto'], 'infer_backends': []})
     _section(results, failures, 'compile', budget, _throughput_parts(run_throughput, compiled), budget.needs['compile'])
     columns = {'layer': COLUMNS, 'kernel_gen': ['shape', 'backend', 'fwd+bwd ms'],
                'models': ['mode'] + MODEL_COLUMNS, 'compile': ['mode'] + MODEL_COLUMNS}

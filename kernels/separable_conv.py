@@ -165,13 +165,18 @@ def _axis_conv(x: Tensor, k: Tensor, axis: int) -> Tensor:
     The memory of x is read as (outer, L, inner) with inner = H * (the later spatial lengths), i.e. as a
     channels-last (outer, inner, 1, L) image, and convolved along its width by a depthwise conv2d with one
     1 x (2L-1) filter per inner channel (the filter of feature h, repeated over the later axes): the layout
-    oneDNN's depthwise kernel reads in place, vectorised over the channels, skipping the zero padding.
+    oneDNN's depthwise kernel reads in place, vectorised over the channels, skipping the zero padding. When those
+    repeated filters would outweigh x itself (small batches, the time axis of a clip) the axis is moved next to
+    the channels instead (two copies of x, filters of H rows).
     """
-    n = x.shape[1 + axis]
+    n, feat = x.shape[1 + axis], k.shape[0]
     inner = math.prod(x.shape[axis + 2:])
+    if inner != feat and inner * (2 * n - 1) > x.numel():
+        moved = _axis_conv(x.movedim(1 + axis, -2).contiguous(), k, x.dim() - 3)
+        return moved.movedim(-2, 1 + axis).contiguous()
     w = k.flip(-1)  # conv2d is a cross-correlation
-    if inner != k.shape[0]:
-        w = w.repeat(inner // k.shape[0], 1)
+    if inner != feat:
+        w = w.repeat(inner // feat, 1)
     v = x.reshape(-1, n, inner).transpose(1, 2).unsqueeze(2)  # (outer, inner, 1, L), strides of channels-last
     y = F.conv2d(v, w.reshape(inner, 1, 1, 2 * n - 1), padding=(0, n - 1), groups=inner)
     return y.squeeze(2).transpose(1, 2).reshape(x.shape)
