@@ -14,12 +14,14 @@ import s4nd_timm
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, min_run_time: float = 0.5) -> float:
-    """Median wall time of fn() in milliseconds (CUDA: do_bench, which synchronizes and flushes L2)."""
+    """Median wall time of fn() in milliseconds (CUDA: do_bench, which synchronizes and flushes L2; CPU: with
+    torch's current thread count, the one ``header`` prints; torch.utils.benchmark's own default is 1 thread)."""
     if device.type == 'cuda':
         from triton.testing import do_bench  # benchmarks only run on CUDA with Triton installed
         return float(do_bench(fn, warmup=25, rep=100))
     fn()  # warm-up (allocator, lazy init)
-    return benchmark.Timer('fn()', globals={'fn': fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
+    timer = benchmark.Timer('fn()', globals={'fn': fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def alternating_min_ms(fns: Dict[str, Callable[[], object]], rounds: int, min_s: float = 0.2) -> Dict[str, float]:
