@@ -127,8 +127,8 @@ def separable_conv_matmul(
 
     One copy brings the input into the order (H, L_1, B, L_2, ..., L_d), where every feature's rows along the first
     axis are one matrix: T_1 multiplies it from the left, the middle axis of 3-D inputs is a broadcast matmul, and
-    T_d multiplies from the right in one ``baddbmm`` that also adds D x. One copy takes the result to
-    (B, *spatial, c*H). No other pass over the data, forward or backward.
+    T_d multiplies from the right in one ``baddbmm`` that also adds D x (computed as one elementwise product).
+    One copy takes the result to (B, *spatial, c*H). Autograd's backward is the same steps transposed.
     """
     spatial = check_conv_args(u, ks, D, layout)
     d = len(spatial)
