@@ -109,8 +109,9 @@ def select_backend(u: Tensor, ks: Sequence, layout: str = 'channels_first', grad
     CUDA: Triton when ``AUTO_USES_TRITON`` and the tiled Triton passes support the shapes
     (``separable_conv_triton.fits``), else matmul while every axis is at most ``CUDA_MATMUL_MAX_LEN``
     (unmeasured guess), else FFT. CPU (and other devices) without gradients: direct (oneDNN depthwise
-    convolutions; measured fastest at every layer shape of the registered models at batch 1, 8 and 32). CPU with gradients: the cheaper path under the measured fwd+bwd cost model ``CPU_COST`` (the
-    direct path's convolution backward is several times slower than matmul's). FFT whenever the Toeplitz matrices
+    convolutions; measured fastest at every layer shape of the registered models at batch 1, 8 and 32). CPU with
+    gradients: the cheaper path under the measured fwd+bwd cost model ``CPU_COST`` (the direct path's convolution
+    backward is several times slower than matmul's). FFT whenever the Toeplitz matrices
     would exceed ``MATMUL_MAX_TOEPLITZ`` elements (the Triton passes build none in memory, but do the same O(L^2)
     work per row; whether they beat FFT there is unmeasured, so the cap applies to them too).
     """
