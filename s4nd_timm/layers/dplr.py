@@ -192,30 +192,22 @@ def dplr_taps(dt: Tensor, lam: Tensor, b: Tensor, c: Tensor, p: Tensor, nodes: i
             Several axis kernels with the same ``nodes`` can be stacked along H and computed in one call.
     Returns:
         (C_k, H, length) real, in dt's dtype.
-    The Cauchy sums over the 2M modes (both halves of each conjugate pair) are one real batched matmul:
-    with 1 / (2i sin - ΔΛ cos) = G1 and its conjugate-mode twin G2 (H, M, F), Σ v G1 + conj(v) G2 =
-    [Re v, Im v] @ [[Re(G1 + G2), Im(G1 + G2)], [Im(G2 - G1), Re(G1 - G2)]].
+    The Cauchy sums over the 2M modes (both halves of each conjugate pair) are one complex batched matmul:
+    with G1 = 1 / (2i sin - ΔΛ cos) and its conjugate-mode twin G2 (H, M, F), Σ v G1 + conj(v) G2 =
+    [v, conj v] @ [G1; G2], G built by one fused addcmul and one reciprocal (docs/design.md §12.4).
     """
     real = dt.dtype
     half = torch.arange(nodes // 2 + 1, device=dt.device, dtype=torch.float64) * (math.pi / nodes)
     sin, cos = half.sin().to(real), half.cos().to(real)  # (F,)
     dl = dt * lam  # (H, M)
-    den_re = -dl.real.unsqueeze(-1) * cos  # (H, M, F): Re of both denominators
-    den_im1 = 2 * sin - dl.imag.unsqueeze(-1) * cos  # Im of 2i sin - ΔΛ cos
-    den_im2 = 2 * sin + dl.imag.unsqueeze(-1) * cos  # Im of 2i sin - conj(ΔΛ) cos
-    scale1 = (den_re * den_re + den_im1 * den_im1).reciprocal()
-    scale2 = (den_re * den_re + den_im2 * den_im2).reciprocal()
-    g_re1, g_im1 = den_re * scale1, -den_im1 * scale1  # 1 / den1
-    g_re2, g_im2 = den_re * scale2, -den_im2 * scale2
-    g = torch.cat([torch.cat([g_re1 + g_re2, g_im1 + g_im2], -1),
-                   torch.cat([g_im2 - g_im1, g_re1 - g_re2], -1)], -2)  # (H, 2M, 2F)
+    modes = torch.cat([dl, dl.conj()], -1)  # (H, 2M): every mode and its conjugate twin
+    two_i_sin = torch.complex(torch.zeros_like(sin), 2 * sin)
+    g = torch.addcmul(two_i_sin, modes.unsqueeze(-1), cos, value=-1).reciprocal()  # (H, 2M, F)
     x = torch.stack([b, p])  # (2, H, M): B, P
     y = torch.cat([c, p.conj().unsqueeze(0)])  # (C_k + 1, H, M): C̃, Q
     v = (dt * x.unsqueeze(1) * y.unsqueeze(0)).flatten(0, 1)  # (2 (C_k + 1), H, M)
-    vr = torch.cat([v.real, v.imag], -1).transpose(0, 1)  # (H, 2 (C_k + 1), 2M)
-    t = torch.bmm(vr, g).transpose(0, 1)  # (2 (C_k + 1), H, 2F)
-    f = sin.shape[0]
-    t = torch.complex(t[..., :f], t[..., f:]).unflatten(0, (2, -1))  # (2, C_k + 1, H, F)
+    w = torch.cat([v, v.conj()], -1).transpose(0, 1)  # (H, 2 (C_k + 1), 2M): weights of both halves
+    t = torch.bmm(w, g).transpose(0, 1).unflatten(0, (2, -1))  # (2, C_k + 1, H, F)
     k_hat = t[0, :-1] - cos * t[0, -1:] * t[1, :-1] / (1 + cos * t[1, -1:])
     k_hat = k_hat * torch.polar(torch.ones_like(half), half).to(k_hat.dtype)
     return torch.fft.irfft(k_hat, n=nodes)[..., :length]
